@@ -99,7 +99,7 @@ class Config:
         return out
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Config":
+    def from_dict(cls, d: dict) -> Config:
         cfg = cls()
         for k, v in d.items():
             if hasattr(cfg, k):
@@ -120,7 +120,7 @@ def _coerce(cfg: Config, key: str, value: Any) -> Any:
     if isinstance(current, float):
         return float(value)
     if isinstance(current, tuple):
-        return tuple(value.split(",")) if isinstance(value, str) else tuple(value)
+        return tuple(x for x in value.split(",") if x) if isinstance(value, str) else tuple(value)
     return value
 
 

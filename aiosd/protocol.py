@@ -60,10 +60,7 @@ def unpack(data: bytes, max_size: int = 1 << 20) -> Any:
     if len(data) > max_size:
         raise AiosError("EPROTO", f"frame of {len(data)} bytes is over the {max_size}-byte limit")
     try:
-        return msgpack.unpackb(
-            data, ext_hook=_ext_hook, raw=False, strict_map_key=False,
-            max_buffer_size=max_size,
-        )
+        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
     except AiosError:
         raise
     except Exception as exc:  # msgpack raises many types on garbage

@@ -1,0 +1,1 @@
+"""Command-line tools, one module per command (circus style): aiosd, aios-run, aios-ps, aios-kill, aios-logs."""

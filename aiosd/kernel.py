@@ -1,0 +1,524 @@
+"""The kernel process: syscall broker, process table, supervisor of the managers.
+
+One thread, one poll loop. Front end: a ROUTER for agents and the CLI (PLAIN/ZAP
+authenticated, so every frame carries a User-Id). Back end: a ROUTER the managers
+connect to. Each request goes through the same path: decode, identify the caller, rate
+limit, look up the syscall table, check privilege and schema, check access, then serve
+it here or forward it to its manager; every answer is audited.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import itertools
+import logging
+import os
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+
+from aiosd import audit, protocol
+from aiosd.access import ROOT, AccessRules, Principal
+from aiosd.auth import ANON, ZAP_ENDPOINT, TokenStore, answer_zap
+from aiosd.config import Config, load
+from aiosd.errors import AiosError
+from aiosd.kernel_calls import KernelCalls
+from aiosd.proctable import ProcessTable
+from aiosd.ratelimit import TokenBucket
+from aiosd.supervisor import MgrState, Supervisor
+from aiosd.syscalls import SYSCALLS, Syscall
+
+log = logging.getLogger("aiosd")
+DEFERRED = object()
+# calls that block in a manager: the caller is WAITING meanwhile
+WAITING_CALLS = {"llm_chat", "gen_restore", "tool_call", "wait_agent"}
+
+
+@dataclass
+class Pending:
+    origin: bytes           # front-end routing id, or a manager's back-end id
+    client_id: Any          # the id the origin used
+    aid: int
+    name: str
+    call: str
+    args_digest: str
+    t0: float
+    manager: str
+    from_manager: bool = False
+
+
+class Kernel(KernelCalls):
+    def __init__(self, cfg: Config):
+        self.cfg = cfg
+        self.table = ProcessTable()
+        self.rules = AccessRules()
+        self.tokens = TokenStore()
+        self.sup = Supervisor(cfg, tuple(cfg.managers))
+        self.audit = audit.AuditBuffer()
+        self.pending: dict[int, Pending] = {}
+        self.held: list[tuple[float, bytes, dict]] = []  # requests for a manager that is restarting
+        self.waiters: dict[int, list[tuple[bytes, Any, float]]] = {}
+        self.impersonating: dict[bytes, int] = {}
+        self.buckets: dict[int, TokenBucket] = {}
+        self.ids = itertools.count(1)
+        self.running = True
+        self.started_at = time.time()
+        self.counters = {"requests": 0, "errors": 0}
+
+    # ---- set-up -------------------------------------------------------------------------
+    def bind(self) -> None:
+        self.ctx = zmq.Context()
+        self.zap = self.ctx.socket(zmq.REP)
+        self.zap.bind(ZAP_ENDPOINT)
+        self.front = self.ctx.socket(zmq.ROUTER)
+        self.front.setsockopt(zmq.PLAIN_SERVER, 1)
+        self.front.setsockopt(zmq.ZAP_DOMAIN, b"aiosd")
+        self.front.setsockopt(zmq.LINGER, 0)
+        self.front.setsockopt(zmq.MAXMSGSIZE, 64 << 20)  # beyond this a peer is cut off, not buffered
+        self.front.bind(self.cfg.endpoint("kernel"))
+        self.back = self.ctx.socket(zmq.ROUTER)
+        self.back.setsockopt(zmq.LINGER, 0)
+        self.back.bind(self.cfg.endpoint("backend"))
+        os.chmod(self.cfg.run_dir / "kernel.sock", 0o600)
+        os.chmod(self.cfg.run_dir / "backend.sock", 0o600)
+        self.tokens.write_root_file(self.cfg.run_dir)
+        self.wake_r, self.wake_w = socket.socketpair()
+        self.wake_r.setblocking(False)
+        self.wake_w.setblocking(False)
+        signal.set_wakeup_fd(self.wake_w.fileno())
+        signal.signal(signal.SIGCHLD, lambda *_: None)
+        signal.signal(signal.SIGTERM, lambda *_: self.begin_stop())
+        signal.signal(signal.SIGINT, lambda *_: self.begin_stop())
+        self.poller = zmq.Poller()
+        for s in (self.front, self.back, self.zap):
+            self.poller.register(s, zmq.POLLIN)
+        self.poller.register(self.wake_r.fileno(), zmq.POLLIN)
+
+    # ---- the loop -----------------------------------------------------------------------
+    def serve(self) -> None:
+        self.sup.start_all()
+        while self.running:
+            timeout = 50 if (self.audit.records or self.held) else int(self.cfg.heartbeat_s * 1000)
+            events = dict(self.poller.poll(timeout))
+            if self.zap in events:
+                answer_zap(self.zap, self.tokens)
+            if self.back in events:
+                self.drain(self.back, self.on_backend)
+            if self.front in events:
+                self.drain(self.front, self.on_frontend)
+            if self.wake_r.fileno() in events:
+                try:
+                    self.wake_r.recv(4096)
+                except BlockingIOError:
+                    pass
+            self.reap()
+            self.housekeeping()
+        self.shutdown()
+
+    @staticmethod
+    def drain(sock: zmq.Socket, handler) -> None:
+        for _ in range(1000):  # bounded, so one side cannot starve the other
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
+            except zmq.Again:
+                return
+            handler(frames)
+
+    # ---- front end ----------------------------------------------------------------------
+    def on_frontend(self, frames: list) -> None:
+        ident = frames[0].bytes
+        t0 = time.perf_counter()
+        self.counters["requests"] += 1
+        user = frames[-1].get("User-Id").encode() if len(frames) >= 2 else ANON
+        if len(frames) != 2:
+            return self.reply_front(ident, None, error=("EPROTO", "a request is exactly one frame"))
+        body = frames[1].bytes
+        try:
+            msg = protocol.unpack(body, self.cfg.max_frame)
+        except AiosError as exc:
+            return self.reply_front(ident, None, error=(exc.code, exc.message))
+        req_id = msg.get("id") if isinstance(msg, dict) else None
+        if isinstance(req_id, (dict, list)) or (isinstance(req_id, (str, bytes)) and len(req_id) > 128):
+            req_id = None
+        try:
+            if not isinstance(msg, dict) or "call" not in msg:
+                raise AiosError("EPROTO", "a request is a map with 'id', 'call' and 'args'")
+            caller, row = self.identify(ident, user)
+            sc = SYSCALLS.lookup(msg["call"])
+            self.admit(caller, row, sc)
+            args = sc.check(msg.get("args"))
+            target = self.check_access(caller, sc, args)
+        except AiosError as exc:
+            protocol.discard(msg.get("args") if isinstance(msg, dict) else None)
+            name = msg.get("call") if isinstance(msg, dict) and isinstance(msg.get("call"), str) else "?"
+            self.audit.add(audit.record(self.aid_of(ident, user), "", name[:64], None, exc.code,
+                                        time.perf_counter() - t0))
+            return self.reply_front(ident, req_id, error=(exc.code, exc.message))
+        if row is not None:
+            self.table.syscall_begin(row, sc.name in WAITING_CALLS)
+        if sc.manager == "kernel":
+            self.serve_kernel_call(ident, req_id, caller, row, sc, args, target, t0)
+        else:
+            self.forward(ident, req_id, caller, sc, args, target, t0)
+
+    def identify(self, ident: bytes, user: bytes) -> tuple[Principal, Any]:
+        if user == b"root":
+            aid = self.impersonating.get(ident)
+            if aid is None:
+                return ROOT, None
+        elif user.startswith(b"aid:"):
+            aid = int(user[4:])
+        else:
+            raise AiosError("EACCES", "this connection presented no valid token")
+        row = self.table.get(aid)
+        if row is None or not row.status.alive:
+            raise AiosError("EACCES", f"agent {aid} has exited; its token is no longer valid")
+        return Principal(row.aid, row.name, row.group or row.name, row.parent), row
+
+    def aid_of(self, ident: bytes, user: bytes) -> int:
+        if user.startswith(b"aid:"):
+            return int(user[4:])
+        return self.impersonating.get(ident, 0) if user == b"root" else -1
+
+    def admit(self, caller: Principal, row, sc: Syscall) -> None:
+        if sc.privilege == "internal":
+            raise AiosError("EPERM", f"{sc.name} is internal to the kernel")
+        if sc.privilege == "root" and not caller.is_root:
+            raise AiosError("EPERM", f"{sc.name} needs root")
+        if row is not None and self.cfg.syscall_rate > 0:
+            bucket = self.buckets.get(row.aid)
+            if bucket is None:
+                bucket = self.buckets[row.aid] = TokenBucket(self.cfg.syscall_rate, self.cfg.syscall_rate)
+            if not bucket.take():
+                raise AiosError("EBUSY", f"agent {row.aid} is over its syscall rate of {self.cfg.syscall_rate:g}/s")
+
+    def check_access(self, caller: Principal, sc: Syscall, args: dict) -> Any:
+        """Resolve the call's target (another agent, or another name's storage) and check it."""
+        if sc.target is None or args.get(sc.target) is None:
+            return None
+        value = args[sc.target]
+        kind, _, mode = (sc.resource or "agent").partition(":")
+        need = "r" if mode == "read" else "w"
+        if sc.target == "owner":  # a storage namespace, by name
+            owner = Principal(-1, str(value))
+            if not self.rules.allowed(caller, kind, owner, need):
+                raise AiosError("EACCES", f"{self.who(caller)} may not {'read' if need == 'r' else 'write'} "
+                                          f"{kind} of '{value}'")
+            return str(value)
+        row = self.table.get(int(value))
+        if row is None:
+            raise AiosError("ESRCH", f"no agent {value}")
+        target = Principal(row.aid, row.name, row.group or row.name, row.parent)
+        if kind == "agent":
+            if mode == "read" or self.rules.may_control(caller, target):
+                return row.aid
+            raise AiosError("EPERM", f"{self.who(caller)} may not control agent {row.aid}")
+        if not self.rules.allowed(caller, kind, target, need):
+            raise AiosError("EACCES", f"{self.who(caller)} may not {'read' if need == 'r' else 'change'} "
+                                      f"{kind} of agent {row.aid}")
+        return row.aid
+
+    @staticmethod
+    def who(p: Principal) -> str:
+        return "root" if p.is_root else f"agent {p.aid}"
+
+    def forward(self, ident, req_id, caller: Principal, sc: Syscall, args, target, t0,
+                from_manager: bool = False) -> None:
+        kid = next(self.ids)
+        row = self.table.get(caller.aid) if not caller.is_root else None
+        ctx = {"name": caller.name, "is_root": caller.is_root, "target": target,
+               "priority": row.priority if row else 0,
+               "tools": row.tools if row else None,
+               "memory_quota": row.memory_quota if row else None,
+               "storage_quota": row.storage_quota if row else None,
+               "context_strategy": row.context_strategy if row else None}
+        self.pending[kid] = Pending(ident, req_id, caller.aid, caller.name, sc.name,
+                                    audit.digest(args), t0, sc.manager, from_manager)
+        self.send_manager(sc.manager, {"id": kid, "call": sc.name, "args": args, "aid": caller.aid, "ctx": ctx})
+
+    def send_manager(self, name: str, msg: dict) -> None:
+        m = self.sup.procs.get(name)
+        if m is None:
+            return self.fail_pending(msg, "EUNAVAIL", f"no manager '{name}' is configured")
+        if m.state != MgrState.RUNNING or m.ident is None:
+            if m.state == MgrState.FATAL:
+                return self.fail_pending(msg, "EIO", f"manager {name} is FATAL: {self.log_tail(name)}")
+            self.held.append((time.time() + self.cfg.start_timeout_s, name.encode(), msg))
+            return
+        if isinstance(msg.get("id"), int):
+            m.inflight.add(msg["id"])
+        self.back.send_multipart([m.ident, protocol.pack(msg)], copy=False)
+
+    def fail_pending(self, msg: dict, code: str, message: str) -> None:
+        kid = msg.get("id")
+        if isinstance(kid, int) and kid in self.pending:
+            self.finish(kid, {"ok": False, "error": {"code": code, "message": message}})
+
+    # ---- back end -----------------------------------------------------------------------
+    def on_backend(self, frames: list) -> None:
+        ident = frames[0].bytes
+        try:
+            msg = protocol.unpack(frames[-1].bytes, 1 << 30)
+        except AiosError:
+            return
+        if not isinstance(msg, dict):
+            return
+        m = self.manager_by_ident(ident)
+        if "hello" in msg:
+            m = self.sup.procs.get(str(msg["hello"]))
+            if m is not None and m.proc is not None and m.pid == msg.get("pid"):
+                self.sup.hello(m, ident)
+                log.info("manager %s RUNNING pid %d", m.name, m.pid)
+                self.release_held(m.name)
+            return
+        if m is None:
+            return
+        m.last_seen = time.time()
+        if "call" in msg:  # an internal call from a manager to another
+            return self.internal_call(m, ident, msg)
+        if "event" in msg:
+            return self.on_manager_event(m, msg)
+        kid = msg.get("id")
+        if not isinstance(kid, int) or kid not in self.pending:
+            return
+        if "partial" in msg:
+            p = self.pending[kid]
+            self.send_to(p, {"id": p.client_id, "partial": msg["partial"]})
+            return
+        m.inflight.discard(kid)
+        self.finish(kid, msg)
+
+    def manager_by_ident(self, ident: bytes):
+        for m in self.sup.procs.values():
+            if m.ident == ident:
+                return m
+        return None
+
+    def internal_call(self, m, ident: bytes, msg: dict) -> None:
+        t0 = time.perf_counter()
+        aid = int(msg.get("aid", 0) or 0)
+        row = self.table.get(aid)
+        caller = Principal(aid, row.name if row else "root")
+        try:
+            sc = SYSCALLS.lookup(msg["call"])
+            if sc.manager == "kernel":
+                raise AiosError("EINVAL", "managers make no kernel calls")
+            args = sc.check(msg.get("args"))
+        except AiosError as exc:
+            self.back.send_multipart([ident, protocol.pack(protocol.err(msg.get("id"), exc.code, exc.message))])
+            return
+        self.forward(ident, msg.get("id"), caller, sc, args, None, t0, from_manager=True)
+
+    def finish(self, kid: int, msg: dict) -> None:
+        p = self.pending.pop(kid)
+        ok = bool(msg.get("ok"))
+        code = "OK" if ok else str((msg.get("error") or {}).get("code", "EIO"))
+        if not ok:
+            self.counters["errors"] += 1
+        reply = {"id": p.client_id, "ok": ok}
+        if ok:
+            reply["result"] = msg.get("result")
+        else:
+            reply["error"] = msg.get("error")
+        self.send_to(p, reply)
+        if not p.from_manager:
+            row = self.table.get(p.aid)
+            if row is not None:
+                self.table.syscall_end(row, p.call in WAITING_CALLS)
+            if p.call != "_audit":
+                self.audit.add({"t": time.time(), "aid": p.aid, "name": p.name, "call": p.call,
+                                "digest": p.args_digest, "code": code,
+                                "latency_s": round(time.perf_counter() - p.t0, 6)})
+
+    def send_to(self, p: Pending, reply: dict) -> None:
+        sock = self.back if p.from_manager else self.front
+        if p.origin == b"kernel":
+            return
+        try:
+            sock.send_multipart([p.origin, protocol.pack(reply)], copy=False)
+        except zmq.ZMQError:
+            pass
+
+    def reply_front(self, ident: bytes, req_id: Any, result: Any = None, error: tuple | None = None) -> None:
+        if error:
+            self.counters["errors"] += 1
+            body = protocol.err(req_id, *error)
+        else:
+            body = protocol.ok(req_id, protocol.offload(result, self.cfg.shm_threshold))
+        self.front.send_multipart([ident, protocol.pack(body)], copy=False)
+
+    def on_manager_event(self, m, msg: dict) -> None:
+        if msg.get("event") == "usage":
+            row = self.table.get(int(msg.get("aid", -1)))
+            if row is not None:
+                row.tokens_in += int(msg.get("tokens_in", 0))
+                row.tokens_out += int(msg.get("tokens_out", 0))
+                row.queue_wait_s += float(msg.get("queue_wait_s", 0.0))
+                row.llm_requests += 1
+
+    def release_held(self, name: str) -> None:
+        keep = []
+        for deadline, mgr, msg in self.held:
+            if mgr.decode() == name:
+                self.send_manager(name, msg)
+            else:
+                keep.append((deadline, mgr, msg))
+        self.held = keep
+
+    # ---- children -----------------------------------------------------------------------
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            code = os.waitstatus_to_exitcode(status)
+            m = self.sup.died(pid, code)
+            if m is not None:
+                self.manager_died(m, code)
+                continue
+            self.agent_died(pid, code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
+
+    def manager_died(self, m, code: int) -> None:
+        log.warning("manager %s exited with %s; now %s", m.name, code, m.state.value)
+        for kid in sorted(m.inflight):
+            if kid in self.pending:
+                self.finish(kid, {"ok": False, "error": {
+                    "code": "EIO", "message": f"manager {m.name} died (exit {code}) while serving this call"}})
+        m.inflight.clear()
+        if m.state == MgrState.BACKOFF and m.retry_at <= time.time():
+            self.sup.restart(m)
+
+    def housekeeping(self) -> None:
+        if self.sup.stopping:
+            return
+        for m in self.sup.due():
+            self.sup.restart(m)
+        now = time.time()
+        for m in self.sup.procs.values():
+            if m.state == MgrState.RUNNING and m.ident is not None and now - m.last_seen > self.cfg.heartbeat_s:
+                self.back.send_multipart([m.ident, protocol.pack({"hb": 1})])
+        for m in self.sup.hung(max(10.0, self.cfg.heartbeat_s * self.cfg.heartbeat_liveness * 10)):
+            log.error("manager %s stopped answering; killing it", m.name)
+            os.kill(m.pid, signal.SIGKILL)
+        if self.held:
+            expired = [h for h in self.held if h[0] <= now]
+            self.held = [h for h in self.held if h[0] > now]
+            for _, mgr, msg in expired:
+                self.fail_pending(msg, "EIO", f"manager {mgr.decode()} did not come back in time")
+        self.expire_waiters(now)
+        if self.audit.due():
+            self.flush_audit()
+
+    def flush_audit(self) -> None:
+        records = self.audit.take()
+        m = self.sup.procs.get("storage")
+        if not records or m is None or m.ident is None:
+            if records and m is not None and m.state != MgrState.FATAL:
+                self.audit.records[:0] = records  # keep them until storage is back
+            return
+        kid = next(self.ids)
+        self.pending[kid] = Pending(b"kernel", None, 0, "root", "_audit", "", time.perf_counter(),
+                                    "storage", from_manager=True)
+        self.send_manager("storage", {"id": kid, "call": "_audit", "args": {"records": records}, "aid": 0,
+                                      "ctx": {"name": "root", "is_root": True}})
+
+    def log_tail(self, name: str, lines: int = 3) -> str:
+        try:
+            text = (self.cfg.log_dir / f"{name}.log").read_text(errors="replace").strip().splitlines()
+        except OSError:
+            return "no log"
+        return " | ".join(text[-lines:])[-400:]
+
+    # ---- stop ---------------------------------------------------------------------------
+    def begin_stop(self) -> None:
+        self.running = False
+
+    def shutdown(self) -> None:
+        log.info("stopping: agents first")
+        self.stop_agents()
+        self.flush_audit()
+        deadline = time.time() + 2.0
+        while any(p.call == "_audit" for p in self.pending.values()) and time.time() < deadline:
+            if self.back.poll(50):
+                self.drain(self.back, self.on_backend)
+        log.info("stopping: managers")
+        self.sup.stopping = True
+        self.sup.signal_all(signal.SIGTERM)
+        self.wait_children(lambda: bool(self.sup.alive()), self.cfg.stop_timeout_s)
+        for m in self.sup.alive():
+            os.kill(m.pid, signal.SIGKILL)
+        self.wait_children(lambda: bool(self.sup.alive()), 2.0)
+        for name in ("kernel.sock", "backend.sock", "root.token", "aiosd.pid"):
+            try:
+                (self.cfg.run_dir / name).unlink()
+            except FileNotFoundError:
+                pass
+        self.front.close(0)
+        self.back.close(0)
+        self.zap.close(0)
+        self.ctx.term()
+        log.info("stopped")
+
+    def wait_children(self, pending, timeout: float) -> None:
+        deadline = time.time() + timeout
+        while pending() and time.time() < deadline:
+            time.sleep(0.02)
+            self.reap()
+
+
+def acquire_lock(cfg: Config):
+    """One daemon per AIOS_HOME: an flock held for the kernel's whole life."""
+    fh = open(cfg.run_dir / "aiosd.lock", "a+")
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    return fh
+
+
+def prepare_home(cfg: Config) -> None:
+    for d in (cfg.home, cfg.log_dir, cfg.data_dir):
+        d.mkdir(parents=True, exist_ok=True)
+    cfg.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    os.chmod(cfg.run_dir, 0o700)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the kernel in this process (the CLI starts it as `python -m aiosd.kernel`)."""
+    import json
+    raw = os.environ.pop("AIOS_KERNEL_CONFIG", None)
+    cfg = Config.from_dict(json.loads(raw)) if raw else load()
+    prepare_home(cfg)
+    logging.basicConfig(stream=sys.stderr, level=logging.INFO,
+                        format="%(asctime)s kernel[%(process)d] %(levelname)s %(message)s")
+    lock = acquire_lock(cfg)
+    if lock is None:
+        pid = (cfg.run_dir / "aiosd.pid").read_text().strip() if (cfg.run_dir / "aiosd.pid").exists() else "?"
+        print(f"aiosd: already running on {cfg.home} (pid {pid})", file=sys.stderr)
+        return 2
+    try:
+        from setproctitle import setproctitle
+        setproctitle("aiosd: kernel")
+    except ImportError:
+        pass
+    (cfg.run_dir / "aiosd.pid").write_text(f"{os.getpid()}\n")
+    kernel = Kernel(cfg)
+    kernel.bind()
+    log.info("aiosd kernel pid %d on %s", os.getpid(), cfg.home)
+    kernel.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

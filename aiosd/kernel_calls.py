@@ -1,0 +1,330 @@
+"""The syscalls the kernel serves itself: agents, access, crypto and the system calls.
+
+A mixin of Kernel (aiosd/kernel.py), one `k_<syscall>` method per call; each gets the
+caller, the checked arguments, the resolved target and a handle to answer later
+(`DEFERRED`, for wait_agent).
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import signal
+import subprocess
+import time
+from aiosd import crypto, protocol
+from aiosd.access import Principal
+from aiosd.errors import AiosError
+from aiosd.proctable import AgentRow, AgentState
+from aiosd.supervisor import MgrState, child_setup
+
+DEFERRED = object()
+RUNTIME_SETTINGS = {"scheduler": str, "quantum": int, "max_batch": int, "max_batch_tokens": int,
+                    "syscall_rate": float, "context_window": int, "llm_tokens_per_min": int}
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """CPU seconds and RSS bytes of a live process, from /proc (cheap, no psutil)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK, int(fields[21]) * _PAGE
+    except (OSError, IndexError, ValueError):
+        return 0.0, 0
+
+
+class KernelCalls:
+    # ---- plumbing ------------------------------------------------------------------------
+    def serve_kernel_call(self, ident, req_id, caller: Principal, row, sc, args, target, t0) -> None:
+        handler = getattr(self, "k_" + sc.name)
+        try:
+            result = handler(caller, args, target, (ident, req_id, t0))
+        except AiosError as exc:
+            return self.answer(ident, req_id, caller, sc.name, args, t0, error=(exc.code, exc.message))
+        if result is not DEFERRED:
+            self.answer(ident, req_id, caller, sc.name, args, t0, result=result)
+
+    def answer(self, ident, req_id, caller: Principal, call: str, args, t0, result=None, error=None) -> None:
+        from aiosd import audit
+        self.reply_front(ident, req_id, result=result, error=error)
+        row = self.table.get(caller.aid) if not caller.is_root else None
+        if row is not None:
+            self.table.syscall_end(row, call == "wait_agent")
+        note = ""
+        if call in ("grant", "revoke", "set_priority", "suspend_agent", "resume_agent", "kill_agent",
+                    "set_status", "set_aid", "spawn_agent", "sys_set", "log_event"):
+            note = str({k: v for k, v in (args or {}).items() if v is not None and k not in ("env",)})[:4096]
+        self.audit.add(audit.record(caller.aid, caller.name, call, args, error[0] if error else "OK",
+                                    time.perf_counter() - t0, note))
+
+    def broadcast(self, event: dict) -> None:
+        for m in self.sup.procs.values():
+            if m.state == MgrState.RUNNING and m.ident is not None:
+                self.back.send_multipart([m.ident, protocol.pack(event)])
+
+    def row_of(self, aid: int | None, caller: Principal) -> AgentRow:
+        aid = caller.aid if aid is None else aid
+        row = self.table.get(aid)
+        if row is None:
+            raise AiosError("ESRCH", f"no agent {aid}")
+        return row
+
+    def view(self, row: AgentRow) -> dict:
+        if row.status.alive and row.pid:
+            row.cpu_s, row.rss_bytes = proc_stats(row.pid)
+        return row.public()
+
+    # ---- agent calls ---------------------------------------------------------------------
+    def k_get_aid(self, caller, args, target, h):
+        return caller.aid
+
+    def k_set_aid(self, caller, args, target, h):
+        aid = args["aid"]
+        if aid == 0:
+            self.impersonating.pop(h[0], None)
+            return 0
+        row = self.row_of(aid, caller)
+        if not row.status.alive:
+            raise AiosError("ESRCH", f"agent {aid} has exited")
+        self.impersonating[h[0]] = aid
+        return aid
+
+    def k_get_status(self, caller, args, target, h):
+        if caller.is_root and args["aid"] is None:
+            return {"aid": 0, "name": "root", "status": "RUNNING", "pid": os.getpid()}
+        return self.view(self.row_of(args["aid"], caller))
+
+    def k_get_priority(self, caller, args, target, h):
+        if caller.is_root and args["aid"] is None:
+            return 0
+        return self.row_of(args["aid"], caller).priority
+
+    def k_set_priority(self, caller, args, target, h):
+        row = self.row_of(args["aid"], caller)
+        wanted = args["priority"]
+        me = Principal(row.aid, row.name, row.group, row.parent)
+        if not self.rules.may_set_priority(caller, me, row.priority, wanted):
+            raise AiosError("EPERM", f"only root may raise a priority (agent {row.aid}: {row.priority} -> {wanted})")
+        row.priority = wanted
+        self.broadcast({"event": "priority", "aid": row.aid, "priority": wanted})
+        return wanted
+
+    def k_set_status(self, caller, args, target, h):
+        status = args["status"]
+        if status == "SUSPENDED":
+            return self.k_suspend_agent(caller, args, target, h)
+        if status == "RUNNING":
+            return self.k_resume_agent(caller, args, target, h)
+        return self.k_kill_agent(caller, {"aid": args["aid"], "signal": "TERM"}, target, h)
+
+    def k_suspend_agent(self, caller, args, target, h):
+        row = self.alive_row(args["aid"], caller)
+        self.signal_agent(row, signal.SIGSTOP)
+        row.status = AgentState.SUSPENDED
+        self.broadcast({"event": "agent_suspend", "aid": row.aid})
+        return row.status.value
+
+    def k_resume_agent(self, caller, args, target, h):
+        row = self.alive_row(args["aid"], caller)
+        self.signal_agent(row, signal.SIGCONT)
+        if row.status == AgentState.SUSPENDED:
+            row.status = AgentState.WAITING if row.inflight else AgentState.RUNNING
+        self.broadcast({"event": "agent_resume", "aid": row.aid})
+        return row.status.value
+
+    def k_kill_agent(self, caller, args, target, h):
+        row = self.alive_row(args["aid"], caller)
+        name = args.get("signal") or "TERM"
+        if name == "STOP":
+            return self.k_suspend_agent(caller, args, target, h)
+        if name == "CONT":
+            return self.k_resume_agent(caller, args, target, h)
+        sig = getattr(signal, "SIG" + name)
+        if row.status == AgentState.SUSPENDED and sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            self.signal_agent(row, signal.SIGCONT)  # a stopped process cannot act on TERM
+        self.signal_agent(row, sig)
+        return True
+
+    def k_wait_agent(self, caller, args, target, h):
+        row = self.row_of(args["aid"], caller)
+        if not row.status.alive:
+            return self.view(row)
+        timeout = args.get("timeout")
+        deadline = time.time() + timeout if timeout is not None else float("inf")
+        self.waiters.setdefault(row.aid, []).append((h, caller, deadline))
+        return DEFERRED
+
+    def k_list_agents(self, caller, args, target, h):
+        return [self.view(r) for r in self.table.listing(bool(args.get("all")))]
+
+    def k_spawn_agent(self, caller, args, target, h):
+        argv = args["argv"]
+        if not argv or not all(isinstance(a, str) and "\0" not in a for a in argv):
+            raise AiosError("EINVAL", "argv must be a non-empty list of strings without NUL bytes")
+        env_in = args.get("env") or {}
+        if not all(isinstance(k, str) and isinstance(v, str) and "\0" not in k + v for k, v in env_in.items()):
+            raise AiosError("EINVAL", "env must map strings to strings")
+        name = args.get("name") or os.path.basename(argv[0])
+        if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(name) > 64:
+            raise AiosError("EINVAL", "an agent name is letters, digits, '-', '_' and '.', at most 64")
+        priority = args.get("priority") or 0
+        if not caller.is_root:
+            parent = self.table.get(caller.aid)
+            if priority > (parent.priority if parent else 0):
+                raise AiosError("EPERM", "a child cannot have a higher priority than its parent")
+        row = self.table.create(name, list(argv), parent=caller.aid, priority=priority)
+        for key in ("tools", "memory_quota", "storage_quota", "context_strategy"):
+            setattr(row, key, args.get(key))
+        token = self.tokens.issue(row.aid)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
+        env.update(env_in)
+        env.update({"AIOS_HOME": str(self.cfg.home), "AIOS_AID": str(row.aid), "AIOS_TOKEN": token,
+                    "AIOS_MODEL_CACHE": str(self.cfg.model_cache), "PYTHONUNBUFFERED": "1",
+                    "HF_HUB_OFFLINE": "1"})
+        limits = {resource.RLIMIT_AS: self.cfg.rlimit_as, resource.RLIMIT_NOFILE: self.cfg.rlimit_nofile,
+                  resource.RLIMIT_CORE: 0}
+        if self.cfg.rlimit_cpu:
+            limits[resource.RLIMIT_CPU] = self.cfg.rlimit_cpu
+        if self.cfg.rlimit_nproc:
+            limits[resource.RLIMIT_NPROC] = self.cfg.rlimit_nproc
+        log_path = self.cfg.log_dir / f"agent-{row.aid}.log"
+        try:
+            with open(log_path, "ab", buffering=0) as out:
+                proc = subprocess.Popen(
+                    argv, env=env, cwd=args.get("cwd") or None, stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, close_fds=True,
+                    preexec_fn=child_setup(os.getpid(), pgroup=True, rlimits=limits))
+        except (OSError, ValueError) as exc:
+            row.status, row.exit_code, row.ended_at = AgentState.EXITED, 127, time.time()
+            self.tokens.revoke(row.aid)
+            raise AiosError("ENOENT", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
+        proc.returncode = 0  # the kernel reaps it with wait4; keep Popen from polling it later
+        self.table.started(row, proc.pid)
+        return {"aid": row.aid, "pid": proc.pid, "name": row.name, "log": str(log_path)}
+
+    def alive_row(self, aid: int, caller) -> AgentRow:
+        row = self.row_of(aid, caller)
+        if not row.status.alive:
+            raise AiosError("ESRCH", f"agent {aid} has already exited")
+        return row
+
+    def signal_agent(self, row: AgentRow, sig: int) -> None:
+        try:
+            os.killpg(row.pid, sig)
+        except ProcessLookupError:
+            try:
+                os.kill(row.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    def agent_died(self, pid: int, code: int, cpu_s: float, maxrss: int) -> None:
+        row = self.table.ended(pid, code)
+        if row is None:
+            return
+        row.cpu_s = cpu_s
+        row.rss_bytes = maxrss
+        try:  # whatever the agent left in its process group goes with it
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        self.tokens.revoke(row.aid)
+        self.rules.drop_owner(Principal(row.aid, row.name))
+        self.buckets.pop(row.aid, None)
+        for ident in [i for i, a in self.impersonating.items() if a == row.aid]:
+            del self.impersonating[ident]
+        self.broadcast({"event": "agent_exit", "aid": row.aid, "name": row.name})
+        self.send_internal("storage", "_proc_save", {"row": row.public()})
+        for h, caller, _ in self.waiters.pop(row.aid, []):
+            self.answer(h[0], h[1], caller, "wait_agent", {"aid": row.aid}, h[2], result=self.view(row))
+
+    def expire_waiters(self, now: float) -> None:
+        for aid, ws in list(self.waiters.items()):
+            keep = []
+            for h, caller, deadline in ws:
+                if deadline <= now:
+                    self.answer(h[0], h[1], caller, "wait_agent", {"aid": aid}, h[2],
+                                error=("ETIMEDOUT", f"agent {aid} is still running"))
+                else:
+                    keep.append((h, caller, deadline))
+            self.waiters[aid] = keep
+            if not keep:
+                del self.waiters[aid]
+
+    def send_internal(self, manager: str, call: str, args: dict) -> None:
+        """Fire-and-forget call from the kernel itself (its answer is dropped)."""
+        from aiosd.kernel import Pending
+        kid = next(self.ids)
+        self.pending[kid] = Pending(b"kernel", None, 0, "root", call, "", time.perf_counter(), manager, True)
+        self.send_manager(manager, {"id": kid, "call": call, "args": args, "aid": 0,
+                                    "ctx": {"name": "root", "is_root": True}})
+
+    def k_log_event(self, caller, args, target, h):
+        return True  # the audit record made by answer() carries the message
+
+    # ---- access --------------------------------------------------------------------------
+    def k_grant(self, caller, args, target, h):
+        g = self.rules.grant(caller, args["resource"], args["grantee"], args.get("rights") or "r")
+        return {"owner": g.owner, "resource": g.resource, "grantee": g.grantee, "rights": g.rights}
+
+    def k_revoke(self, caller, args, target, h):
+        return self.rules.revoke(caller, args["resource"], args["grantee"], args.get("rights") or "rw")
+
+    def k_encrypt_data(self, caller, args, target, h):
+        data = args["data"]
+        return crypto.seal(self.master_key(), caller.name, data.encode() if isinstance(data, str) else data)
+
+    def k_decrypt_data(self, caller, args, target, h):
+        owner = crypto.owner_of(args["blob"])
+        if owner != caller.name and not self.rules.allowed(caller, "crypto", Principal(-1, owner), "r"):
+            raise AiosError("EACCES", f"{self.who(caller)} may not decrypt data of '{owner}'")
+        return crypto.open_sealed(self.master_key(), args["blob"])
+
+    def master_key(self) -> bytes:
+        if not hasattr(self, "_master"):
+            self._master = crypto.load_master_key(self.cfg.home / "master.key")
+        return self._master
+
+    # ---- system --------------------------------------------------------------------------
+    def k_sys_status(self, caller, args, target, h):
+        return {"pid": os.getpid(), "home": str(self.cfg.home), "uptime_s": round(time.time() - self.started_at, 1),
+                "managers": [m.describe() for m in self.sup.procs.values()],
+                "agents": len(self.table.alive()), "scheduler": self.cfg.scheduler}
+
+    def k_sys_metrics(self, caller, args, target, h):
+        return {**self.counters, "pending": len(self.pending), "held": len(self.held),
+                "agents_alive": len(self.table.alive()), "agents_total": len(self.table.rows)}
+
+    def k_sys_set(self, caller, args, target, h):
+        clean = {}
+        for key, value in args["settings"].items():
+            kind = RUNTIME_SETTINGS.get(key)
+            if kind is None:
+                raise AiosError("EINVAL", f"'{key}' cannot be changed at run time "
+                                          f"(one of {', '.join(RUNTIME_SETTINGS)})")
+            try:
+                clean[key] = kind(value)
+            except (TypeError, ValueError):
+                raise AiosError("EINVAL", f"'{key}' must be {kind.__name__}") from None
+        if "scheduler" in clean and clean["scheduler"] not in ("fifo", "rr", "priority"):
+            raise AiosError("EINVAL", "scheduler must be fifo, rr or priority")
+        for key, value in clean.items():
+            setattr(self.cfg, key, value)
+        self.broadcast({"event": "config", "settings": clean})
+        return clean
+
+    def k_sys_stop(self, caller, args, target, h):
+        self.begin_stop()
+        return True
+
+    def stop_agents(self) -> None:
+        alive = self.table.alive()
+        for row in alive:
+            if row.status == AgentState.SUSPENDED:
+                self.signal_agent(row, signal.SIGCONT)
+            self.signal_agent(row, signal.SIGTERM)
+        self.wait_children(lambda: bool(self.table.alive()), self.cfg.stop_timeout_s)
+        for row in self.table.alive():
+            self.signal_agent(row, signal.SIGKILL)
+        self.wait_children(lambda: bool(self.table.alive()), 2.0)

@@ -1,0 +1,122 @@
+"""The process table: agents as rows, states as an enum. Pure bookkeeping, no I/O."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+
+class AgentState(enum.StrEnum):
+    CREATED = "CREATED"      # row made, process not started yet
+    READY = "READY"          # process started, no syscall yet
+    RUNNING = "RUNNING"      # on the CPU, or between syscalls
+    WAITING = "WAITING"      # blocked in a syscall (llm_chat in the queue, ...)
+    SUSPENDED = "SUSPENDED"  # SIGSTOPped, its requests parked
+    EXITED = "EXITED"        # ended on its own; exit_code holds its status
+    KILLED = "KILLED"        # ended by a signal; exit_code is -signal
+
+    @property
+    def alive(self) -> bool:
+        return self not in (AgentState.EXITED, AgentState.KILLED)
+
+
+@dataclass
+class AgentRow:
+    aid: int
+    name: str
+    argv: list
+    parent: int = 0
+    priority: int = 0
+    pid: int = 0
+    status: AgentState = AgentState.CREATED
+    exit_code: int | None = None
+    started_at: float = field(default_factory=time.time)
+    ended_at: float | None = None
+    cpu_s: float = 0.0
+    rss_bytes: int = 0
+    syscalls: int = 0
+    tokens_in: int = 0
+    tokens_out: int = 0
+    llm_requests: int = 0
+    queue_wait_s: float = 0.0
+    inflight: int = 0
+    tools: list | None = None
+    memory_quota: int | None = None
+    storage_quota: int | None = None
+    context_strategy: str | None = None
+    group: str = ""
+    token: str = field(default="", repr=False)  # never leaves the kernel
+
+    def public(self) -> dict:
+        """The row as aios-ps --json shows it (pinned keys first); no secrets."""
+        end = self.ended_at or time.time()
+        return {
+            "aid": self.aid, "pid": self.pid, "name": self.name, "status": self.status.value,
+            "priority": self.priority, "exit_code": self.exit_code, "cpu_s": round(self.cpu_s, 3),
+            "rss_bytes": self.rss_bytes, "syscalls": self.syscalls, "tokens_in": self.tokens_in,
+            "tokens_out": self.tokens_out, "uptime_s": round(end - self.started_at, 3),
+            "started_at": self.started_at, "ended_at": self.ended_at, "parent": self.parent,
+            "group": self.group or self.name, "llm_requests": self.llm_requests,
+            "queue_wait_s": round(self.queue_wait_s, 4), "argv": list(self.argv),
+        }
+
+
+class ProcessTable:
+    def __init__(self) -> None:
+        self.rows: dict[int, AgentRow] = {}
+        self.by_pid: dict[int, int] = {}
+        self.next_aid = 1
+
+    def create(self, name: str, argv: list, parent: int = 0, priority: int = 0) -> AgentRow:
+        row = AgentRow(aid=self.next_aid, name=name, argv=argv, parent=parent, priority=priority)
+        self.next_aid += 1
+        self.rows[row.aid] = row
+        return row
+
+    def started(self, row: AgentRow, pid: int) -> None:
+        row.pid = pid
+        row.status = AgentState.READY
+        self.by_pid[pid] = row.aid
+
+    def get(self, aid: int) -> AgentRow | None:
+        return self.rows.get(aid)
+
+    def ended(self, pid: int, status: int) -> AgentRow | None:
+        """Record a reaped child's wait status; returns its row (None: not an agent)."""
+        aid = self.by_pid.pop(pid, None)
+        row = self.rows.get(aid) if aid is not None else None
+        if row is None:
+            return None
+        row.ended_at = time.time()
+        row.token = ""
+        row.inflight = 0
+        if status < 0:
+            row.status, row.exit_code = AgentState.KILLED, status
+        else:
+            row.status, row.exit_code = AgentState.EXITED, status
+        return row
+
+    def syscall_begin(self, row: AgentRow, waits: bool) -> None:
+        row.syscalls += 1
+        if row.status in (AgentState.READY, AgentState.CREATED):
+            row.status = AgentState.RUNNING
+        if waits:
+            row.inflight += 1
+            if row.status == AgentState.RUNNING:
+                row.status = AgentState.WAITING
+
+    def syscall_end(self, row: AgentRow, waited: bool) -> None:
+        if waited and row.inflight > 0:
+            row.inflight -= 1
+        if row.inflight == 0 and row.status == AgentState.WAITING:
+            row.status = AgentState.RUNNING
+
+    def alive(self) -> list[AgentRow]:
+        return [r for r in self.rows.values() if r.status.alive]
+
+    def listing(self, include_exited: bool) -> list[AgentRow]:
+        return [r for r in self.rows.values() if include_exited or r.status.alive]
+
+    def children(self, aid: int) -> list[AgentRow]:
+        return [r for r in self.rows.values() if r.parent == aid]

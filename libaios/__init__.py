@@ -1,0 +1,24 @@
+"""libaios: what agents import to talk to aiosd.
+
+    import libaios
+    libaios.llm_chat([{"role": "user", "content": "hi"}])
+
+Connection details come from the environment the kernel gives every agent
+(AIOS_HOME, AIOS_AID, AIOS_TOKEN); outside an agent it connects as root.
+"""
+
+from libaios.client import Client, Stream, connect, syscall
+from libaios.errors import (
+    AiosError,
+    Busy,
+    InvalidArgument,
+    NotFound,
+    PermissionDenied,
+    TimedOut,
+    Unavailable,
+)
+
+__all__ = [
+    "AiosError", "Busy", "Client", "InvalidArgument", "NotFound", "PermissionDenied", "Stream",
+    "TimedOut", "Unavailable", "connect", "syscall",
+]
