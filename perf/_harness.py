@@ -35,16 +35,13 @@ REPO = Path(__file__).resolve().parent.parent
 RESULTS = REPO / "perf" / "results"
 
 
+CLI = {"aiosd": "daemon", "aios-run": "run", "aios-ps": "ps", "aios-kill": "kill", "aios-logs": "logs"}
+
+
 def cli_argv(name: str, *args: str) -> list[str]:
-    """argv that runs one of our commands (aiosd, aios-run, aios-ps, ...): the venv's
-    console script if installed, else bin/<name> of this checkout, run by this Python."""
-    venv_bin = Path(sys.executable).parent / name
-    if venv_bin.exists():
-        return [str(venv_bin), *args]
-    local = REPO / "bin" / name
-    if local.exists():
-        return [sys.executable, str(local), *args]
-    return [name, *args]
+    """argv that runs one of our commands (aiosd, aios-run, aios-ps, ...) with this Python,
+    exactly what the installed console scripts run."""
+    return [sys.executable, "-m", f"aiosd.cli.{CLI[name]}", *args]
 
 
 def _toml_value(v: Any) -> str:
