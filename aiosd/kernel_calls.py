@@ -169,10 +169,12 @@ class KernelCalls:
         name = args.get("name") or os.path.basename(argv[0])
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(name) > 64:
             raise AiosError("EINVAL", "an agent name is letters, digits, '-', '_' and '.', at most 64")
-        priority = args.get("priority") or 0
-        if not caller.is_root:
-            parent = self.table.get(caller.aid)
-            if priority > (parent.priority if parent else 0):
+        parent = self.table.get(caller.aid) if not caller.is_root else None
+        priority = args.get("priority")
+        if priority is None:
+            priority = parent.priority if parent else 0
+        if parent is not None:
+            if priority > parent.priority:
                 raise AiosError("EPERM", "a child cannot have a higher priority than its parent")
         row = self.table.create(name, list(argv), parent=caller.aid, priority=priority)
         for key in ("tools", "memory_quota", "storage_quota", "context_strategy"):

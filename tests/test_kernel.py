@@ -1,0 +1,220 @@
+"""The kernel against a real daemon: lifecycle, agents as processes, signals, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import msgpack
+import pytest
+import zmq
+
+from libaios import AiosError, InvalidArgument, PermissionDenied
+from libaios.client import Client
+
+NO_MANAGERS = {"managers": ""}
+
+
+def proc_state(pid: int) -> str:
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().rsplit(")", 1)[1].split()[0]
+
+
+def alive(pid: int) -> bool:
+    try:
+        return proc_state(pid) != "Z"
+    except OSError:
+        return False
+
+
+def wait_for(pred, timeout: float = 10.0, step: float = 0.02):
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        v = pred()
+        if v:
+            return v
+        time.sleep(step)
+    raise AssertionError("condition not met in time")
+
+
+def test_start_status_stop_and_second_start_refused(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    r = d.run_cli("aiosd", "status")
+    assert r.returncode == 0 and "kernel" in r.stdout and "RUNNING" in r.stdout
+    again = d.run_cli("aiosd", "start")
+    assert again.returncode != 0 and "already running" in again.stderr
+    assert "Traceback" not in again.stderr
+    kernel = d.pid()
+    r = d.run_cli("aiosd", "stop")
+    assert r.returncode == 0
+    assert not alive(kernel)
+    assert sorted(p.name for p in (d.home / "run").iterdir()) == ["aiosd.lock"]  # no socket left behind
+    r = d.run_cli("aiosd", "status")
+    assert r.returncode != 0 and "not running" in r.stdout
+
+
+def test_cli_against_stopped_daemon_is_one_line(make_daemon):
+    d = make_daemon(start=False)
+    for prog, args in (("aios-ps", ()), ("aios-kill", ("1",)), ("aios-run", ("--", "true"))):
+        r = d.run_cli(prog, *args)
+        assert r.returncode != 0
+        assert "Traceback" not in r.stderr
+        assert len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "not running" in r.stderr
+
+
+def test_twenty_detached_agents_visible_with_live_pids(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    aids = []
+    for i in range(20):
+        r = d.run_cli("aios-run", "--detach", "--name", f"s{i}", "--", "sleep", "60")
+        assert r.returncode == 0, r.stderr
+        aids.append(int(r.stdout.strip()))
+    r = d.run_cli("aios-ps", "--json")
+    rows = json.loads(r.stdout)
+    assert {row["aid"] for row in rows} >= set(aids)
+    for row in rows:
+        assert set(row) == {"aid", "pid", "name", "status", "priority", "exit_code", "cpu_s", "rss_bytes",
+                            "syscalls", "tokens_in", "tokens_out", "uptime_s", "started_at"}
+        assert alive(row["pid"])
+    table = d.run_cli("aios-ps").stdout.splitlines()
+    assert table[0].split() == ["AID", "PID", "NAME", "STATUS", "PRIO", "CPU", "RSS", "SYSCALLS", "TOKENS", "UPTIME"]
+    assert len(table) == 21
+
+
+def test_kill_suspend_resume(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    aid, _ = d.agent("victim")
+    pid = d.root.syscall("get_status", {"aid": aid})["pid"]
+    d.root.syscall("suspend_agent", {"aid": aid})
+    wait_for(lambda: proc_state(pid) == "T")
+    assert d.root.syscall("get_status", {"aid": aid})["status"] == "SUSPENDED"
+    d.root.syscall("resume_agent", {"aid": aid})
+    wait_for(lambda: proc_state(pid) in ("S", "R"))
+    r = d.run_cli("aios-kill", "-s", "KILL", str(aid))
+    assert r.returncode == 0
+    row = d.root.syscall("wait_agent", {"aid": aid, "timeout": 10})
+    assert row["status"] == "KILLED" and row["exit_code"] == -signal.SIGKILL
+    assert not alive(pid)
+    r = d.run_cli("aios-ps", "-a", "--json")
+    assert any(x["aid"] == aid and x["status"] == "KILLED" for x in json.loads(r.stdout))
+
+
+def test_exit_codes_and_output_propagate(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    code = "import libaios,sys; print('aid', libaios.syscall('get_aid')); sys.exit(7)"
+    r = d.run_cli("aios-run", "--name", "ex", "--", sys.executable, "-c", code)
+    assert r.returncode == 7, r.stderr
+    assert "aid " in r.stdout
+    aid = int(r.stdout.split()[-1])
+    row = d.root.syscall("get_status", {"aid": aid})
+    assert row["status"] == "EXITED" and row["exit_code"] == 7 and row["syscalls"] >= 1
+
+
+def test_only_root_or_parent_controls_an_agent(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    a, ca = d.agent("a")
+    b, cb = d.agent("b")
+    with pytest.raises(PermissionDenied):
+        ca.syscall("suspend_agent", {"aid": b})
+    with pytest.raises(PermissionDenied):
+        ca.syscall("kill_agent", {"aid": b})
+    with pytest.raises(PermissionDenied):
+        ca.syscall("set_priority", {"aid": a, "priority": 5})  # raising needs root
+    assert ca.syscall("set_priority", {"aid": a, "priority": -1}) == -1
+    # a parent controls its own children
+    child = ca.syscall("spawn_agent", {"argv": ["sleep", "30"], "name": "child"})
+    assert ca.syscall("kill_agent", {"aid": child["aid"], "signal": "KILL"}) is True
+
+
+def test_forged_aid_and_missing_token_get_eacces(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    aid, _ = d.agent("real")
+    forged = Client(d.home, aid=aid, token="0" * 64)
+    with pytest.raises(PermissionDenied):
+        forged.syscall("get_aid", timeout=5)
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt_string(zmq.PLAIN_USERNAME, "root")
+    s.setsockopt_string(zmq.PLAIN_PASSWORD, "guess")
+    s.connect(f"ipc://{d.home}/run/kernel.sock")
+    s.send(msgpack.packb({"id": 1, "call": "list_agents", "args": {}}))
+    assert s.poll(5000)
+    reply = msgpack.unpackb(s.recv())
+    assert reply["ok"] is False and reply["error"]["code"] == "EACCES"
+    s.close()
+
+
+def test_bad_input_gets_errors_and_daemon_keeps_serving(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    token = (d.home / "run" / "root.token").read_text()
+    ctx = zmq.Context.instance()
+    s = ctx.socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    s.setsockopt_string(zmq.PLAIN_USERNAME, "root")
+    s.setsockopt_string(zmq.PLAIN_PASSWORD, token)
+    s.connect(f"ipc://{d.home}/run/kernel.sock")
+    bad = [
+        b"\xc1garbage",                                            # not msgpack
+        msgpack.packb([1, 2, 3]),                                  # not a map
+        msgpack.packb({"id": 1}),                                  # no call
+        msgpack.packb({"id": 2, "call": "no_such_call"}),          # unknown call
+        msgpack.packb({"id": 3, "call": 42}),                      # wrong type for call
+        msgpack.packb({"id": 4, "call": "get_status", "args": {"aid": "x"}}),
+        msgpack.packb({"id": 5, "call": "get_status", "args": [1]}),
+        msgpack.packb({"id": 6, "call": "get_status", "args": {"bogus": 1}}),
+        msgpack.packb({"id": 7, "call": "_audit", "args": {"records": []}}),   # internal
+        msgpack.packb({"id": 8, "call": "sto_write", "args": {"path": "x", "data": b"x" * (10 << 20)}}),
+    ]
+    for body in bad:
+        s.send(body)
+        assert s.poll(5000), body[:40]
+        reply = msgpack.unpackb(s.recv(), raw=False)
+        assert reply["ok"] is False
+        assert reply["error"]["code"] in ("EPROTO", "ENOSYS", "EINVAL", "EPERM", "E2BIG"), reply
+        assert reply["error"]["message"]
+    s.send_multipart([b"two", b"frames"])
+    assert s.poll(5000)
+    assert msgpack.unpackb(s.recv())["error"]["code"] == "EPROTO"
+    s.close()
+    assert d.root.syscall("get_aid") == 0
+    with pytest.raises(InvalidArgument):
+        d.root.syscall("spawn_agent", {"argv": []})
+
+
+def test_sigkill_of_kernel_leaves_nothing_running(make_daemon):
+    d = make_daemon()
+    aid, _ = d.agent("orphan")
+    pids = [d.root.syscall("get_status", {"aid": aid})["pid"]]
+    pids += [m["pid"] for m in d.root.syscall("sys_status")["managers"]]
+    os.kill(d.pid(), signal.SIGKILL)
+    wait_for(lambda: not any(alive(p) for p in pids), timeout=10)
+
+
+@pytest.mark.parametrize("name,call,args", [
+    ("storage", "sto_list", {}),
+    ("memory", "mem_read", {"last": 1}),
+    ("tools", "tool_list", {}),
+])
+def test_killed_manager_restarts_within_a_second(daemon, name, call, args):
+    old = daemon.manager_pid(name)
+    os.kill(old, signal.SIGKILL)
+    waited = daemon.wait_manager(name, old_pid=old, timeout=10)
+    assert waited < 5.0  # the figure (<= 1 s) is measured in perf/, not asserted on a shared machine
+    aid, client = daemon.agent(f"after-{name}")
+    client.syscall(call, args, timeout=10)
+
+
+def test_requests_held_by_a_dying_manager_get_eio_or_succeed(daemon):
+    old = daemon.manager_pid("tools")
+    os.kill(old, signal.SIGKILL)
+    # a call racing the restart is either served by the new process or told EIO, never lost
+    try:
+        daemon.root.syscall("tool_list", timeout=15)
+    except AiosError as exc:
+        assert exc.code == "EIO"
+    daemon.wait_manager("tools", old_pid=old)
