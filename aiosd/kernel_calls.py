@@ -173,9 +173,8 @@ class KernelCalls:
         priority = args.get("priority")
         if priority is None:
             priority = parent.priority if parent else 0
-        if parent is not None:
-            if priority > parent.priority:
-                raise AiosError("EPERM", "a child cannot have a higher priority than its parent")
+        if parent is not None and priority > parent.priority:
+            raise AiosError("EPERM", "a child cannot have a higher priority than its parent")
         row = self.table.create(name, list(argv), parent=caller.aid, priority=priority)
         for key in ("tools", "memory_quota", "storage_quota", "context_strategy"):
             setattr(row, key, args.get(key))
