@@ -1,0 +1,3 @@
+from agents.math import MathAgent
+
+raise SystemExit(MathAgent.main())

@@ -1,0 +1,3 @@
+from agents.narrative import NarrativeAgent
+
+raise SystemExit(NarrativeAgent.main())

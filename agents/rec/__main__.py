@@ -1,0 +1,3 @@
+from agents.rec import RecAgent
+
+raise SystemExit(RecAgent.main())

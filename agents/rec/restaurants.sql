@@ -1,0 +1,40 @@
+-- A small restaurant dataset for the Rec Agent (made up for the demo: names of real
+-- places, ratings and prices illustrative only). price: 1 cheap .. 4 expensive.
+CREATE TABLE restaurants (id INTEGER PRIMARY KEY, name TEXT NOT NULL, cuisine TEXT NOT NULL,
+  city TEXT NOT NULL, rating REAL NOT NULL, price INTEGER NOT NULL);
+INSERT INTO restaurants VALUES (1, 'Siam Square', 'thai', 'Boston', 4.6, 2);
+INSERT INTO restaurants VALUES (2, 'Brown Sugar Cafe', 'thai', 'Boston', 4.4, 2);
+INSERT INTO restaurants VALUES (3, 'Dok Bua', 'thai', 'Boston', 4.2, 1);
+INSERT INTO restaurants VALUES (4, 'Lotus Chili House', 'thai', 'New York', 4.5, 2);
+INSERT INTO restaurants VALUES (5, 'Pure Thai Cookhouse', 'thai', 'New York', 4.7, 1);
+INSERT INTO restaurants VALUES (6, 'Trattoria Il Panino', 'italian', 'Boston', 4.3, 3);
+INSERT INTO restaurants VALUES (7, 'Giacomo''s', 'italian', 'Boston', 4.7, 2);
+INSERT INTO restaurants VALUES (8, 'Carbone', 'italian', 'New York', 4.6, 4);
+INSERT INTO restaurants VALUES (9, 'Lilia', 'italian', 'New York', 4.8, 3);
+INSERT INTO restaurants VALUES (10, 'Sichuan Gourmet', 'chinese', 'Boston', 4.4, 2);
+INSERT INTO restaurants VALUES (11, 'Xi''an Famous Foods', 'chinese', 'New York', 4.5, 1);
+INSERT INTO restaurants VALUES (12, 'Joe''s Shanghai', 'chinese', 'New York', 4.2, 2);
+INSERT INTO restaurants VALUES (13, 'Gourmet Dumpling House', 'chinese', 'Boston', 4.5, 1);
+INSERT INTO restaurants VALUES (14, 'Oleana', 'mediterranean', 'Boston', 4.7, 3);
+INSERT INTO restaurants VALUES (15, 'Zaytinya', 'mediterranean', 'Washington', 4.6, 3);
+INSERT INTO restaurants VALUES (16, 'Taqueria Jalisco', 'mexican', 'Boston', 4.5, 1);
+INSERT INTO restaurants VALUES (17, 'Los Tacos No. 1', 'mexican', 'New York', 4.8, 1);
+INSERT INTO restaurants VALUES (18, 'Oyamel', 'mexican', 'Washington', 4.4, 2);
+INSERT INTO restaurants VALUES (19, 'Sushi Nakazawa', 'japanese', 'New York', 4.9, 4);
+INSERT INTO restaurants VALUES (20, 'O Ya', 'japanese', 'Boston', 4.8, 4);
+INSERT INTO restaurants VALUES (21, 'Ramen Nagi', 'japanese', 'Palo Alto', 4.5, 2);
+INSERT INTO restaurants VALUES (22, 'Indian Accent', 'indian', 'New York', 4.7, 4);
+INSERT INTO restaurants VALUES (23, 'Punjab Palace', 'indian', 'Boston', 4.3, 1);
+INSERT INTO restaurants VALUES (24, 'Rasika', 'indian', 'Washington', 4.8, 3);
+INSERT INTO restaurants VALUES (25, 'Le Bernardin', 'french', 'New York', 4.9, 4);
+INSERT INTO restaurants VALUES (26, 'Bistro du Midi', 'french', 'Boston', 4.4, 3);
+INSERT INTO restaurants VALUES (27, 'Le Diplomate', 'french', 'Washington', 4.6, 3);
+INSERT INTO restaurants VALUES (28, 'Neptune Oyster', 'seafood', 'Boston', 4.7, 3);
+INSERT INTO restaurants VALUES (29, 'Legal Sea Foods', 'seafood', 'Boston', 4.1, 2);
+INSERT INTO restaurants VALUES (30, 'Zuni Cafe', 'american', 'San Francisco', 4.5, 3);
+INSERT INTO restaurants VALUES (31, 'Kin Khao', 'thai', 'San Francisco', 4.6, 2);
+INSERT INTO restaurants VALUES (32, 'Farmhouse Kitchen', 'thai', 'San Francisco', 4.4, 2);
+INSERT INTO restaurants VALUES (33, 'Tartine', 'american', 'San Francisco', 4.6, 2);
+INSERT INTO restaurants VALUES (34, 'Mister Jiu''s', 'chinese', 'San Francisco', 4.5, 3);
+INSERT INTO restaurants VALUES (35, 'Veggie Galaxy', 'vegetarian', 'Boston', 4.4, 1);
+INSERT INTO restaurants VALUES (36, 'Superiority Burger', 'vegetarian', 'New York', 4.6, 1);

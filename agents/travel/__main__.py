@@ -1,0 +1,3 @@
+from agents.travel import TravelAgent
+
+raise SystemExit(TravelAgent.main())
