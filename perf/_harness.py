@@ -90,7 +90,7 @@ class Daemon:
             try:
                 last = self.client().syscall("sys_status", timeout=5.0)
                 managers = last.get("managers", []) if isinstance(last, dict) else []
-                if managers and all(m.get("state") == "RUNNING" for m in managers):
+                if all(m.get("state") == "RUNNING" for m in managers):
                     return
             except Exception as exc:  # noqa: BLE001 - not up yet; keep the last reason
                 last = exc
