@@ -11,12 +11,14 @@
 
 `main()` prints the answer on stdout, then one line `AIOS_TIMINGS {json}` on stderr with
 every llm_chat request's timings (queued_s, first_token_s, total_s, wall submit/end), and
-exits 0; an AiosError is one line on stderr and exit 1.
+exits 0; an AiosError is one line on stderr and exit 1. AIOS_AGENT_MAX_TOKENS=N in the
+environment caps every request at N tokens (short runs in tests and `--quick`).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -64,8 +66,12 @@ class Agent:
 
     def chat_full(self, messages: list[dict], *, max_tokens: int | None = None, tools: list | None = None,
                   **kw: Any) -> dict:
+        max_tokens = max_tokens or self.manifest.max_tokens
+        cap = int(os.environ.get("AIOS_AGENT_MAX_TOKENS") or 0)  # short runs: make run --quick, tests
+        if cap > 0:
+            max_tokens = min(max_tokens, cap)
         submit = time.time()
-        reply = self.sys.llm_chat(messages, max_tokens=max_tokens or self.manifest.max_tokens,
+        reply = self.sys.llm_chat(messages, max_tokens=max_tokens,
                                   temperature=kw.pop("temperature", 0.0), tools=tools, **kw)
         end = time.time()
         t = reply.get("timings") or {}
