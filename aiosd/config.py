@@ -70,6 +70,12 @@ class Config:
 
     tools: dict = field(default_factory=dict)  # [tools.NAME] tables from config.toml
 
+    # memory and storage managers (issue 6)
+    group_commit: bool = True         # one synced LMDB transaction per batch of writes (False: per write)
+    storage_sync: str = "full"        # full: sync data + meta in each commit | data: one env.sync per batch
+    storage_map_size: int = 1 << 32   # initial LMDB map size; doubled on MapFullError
+    storage_max_batch: int = 1024     # most writes grouped into one transaction
+
     @property
     def run_dir(self) -> Path:
         return self.home / "run"

@@ -1,0 +1,263 @@
+"""The storage manager: the only LMDB writer (files, versions, audit, snapshots, retrieval).
+
+Every mutating call is queued (DEFERRED) and answered from `tick()` after the batch it
+belongs to is committed and synced: writes that arrive together share one transaction
+and one sync (group commit), and no write is acknowledged before it is durable.
+"""
+
+from __future__ import annotations
+
+import queue
+import struct
+import time
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import zmq
+
+from aiosd import protocol
+from aiosd.embed import Embedder, top_k
+from aiosd.errors import AiosError
+from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
+from aiosd.storage_db import GroupCommitWriter, StorageDB, check_ns, fkey, vkey
+
+import numpy as np
+
+SNAP_CALLS = ("snapshot_create", "snapshot_restore")
+
+
+class StorageManager(Manager):
+    name = "storage"
+
+    def setup(self) -> None:
+        cfg = self.cfg
+        self.db = StorageDB(cfg.data_dir / "storage.lmdb", map_size=cfg.storage_map_size,
+                            versions_kept=cfg.versions_kept, default_quota=cfg.storage_quota,
+                            sync=cfg.storage_sync)
+        self.writer = GroupCommitWriter(self.db, group=cfg.group_commit, max_batch=cfg.storage_max_batch)
+        self.embedder = Embedder(threads=1)
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="retrieve")
+        self.done: queue.Queue = queue.Queue()   # (req id, result, error) from retrieval jobs
+        self.jobs = 0
+
+    # ---- plumbing -----------------------------------------------------------------------
+    def ns(self, req: Request) -> str:
+        """The namespace a call touches: the caller's name, or an owner the kernel approved."""
+        if req.args.get("owner") is not None:
+            target = req.ctx.get("target")
+            if not target:
+                raise AiosError("EACCES", f"no grant to use the storage of '{req.args['owner']}'")
+            return check_ns(str(target))
+        return check_ns(req.name)
+
+    def queue_op(self, req: Request, op) -> object:
+        self.writer.submit(req.id, op)
+        return DEFERRED
+
+    def flush(self) -> None:
+        for rid, res in self.writer.flush():
+            if isinstance(res, AiosError):
+                self.fail(rid, res.code, res.message)
+            elif rid is not None:
+                self.reply(rid, res)
+
+    def tick(self) -> float | None:
+        while True:
+            try:
+                rid, result, err = self.done.get_nowait()
+            except queue.Empty:
+                break
+            self.jobs -= 1
+            if rid == "index":
+                for key, vec in result:
+                    self.writer.submit(None, self.db.raw_put_op("index", key, vec))
+            elif err is not None:
+                self.fail(rid, err.code, err.message)
+            else:
+                self.reply(rid, result)
+        if self.writer.queue:
+            self.flush()
+        # not shorter: see the heartbeat note in the report (the kernel pings only quiet managers)
+        return 0.05 if self.jobs else None
+
+    def call(self, call: str, args: dict, aid: int = 0, timeout: float = 30.0) -> Any:
+        """An internal call that keeps serving storage requests while it waits, so a manager
+        that needs storage to answer us (memory swapping records) cannot deadlock with us."""
+        rid = f"s{next(self._ids)}"
+        self.send({"id": rid, "call": call, "args": protocol.offload(args, self.cfg.shm_threshold), "aid": aid})
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise AiosError("ETIMEDOUT", f"internal call {call} timed out")
+            if not self.sock.poll(int(min(left, 0.05) * 1000)):
+                continue
+            while True:
+                try:
+                    msg = protocol.unpack(self.sock.recv(zmq.NOBLOCK), 1 << 30)
+                except zmq.Again:
+                    break
+                if isinstance(msg, dict) and msg.get("id") == rid and "ok" in msg:
+                    if msg["ok"]:
+                        return protocol.resolve(msg.get("result"))
+                    raise AiosError.from_wire(msg.get("error"))
+                if isinstance(msg, dict) and "call" in msg and msg["call"] not in SNAP_CALLS:
+                    self.dispatch(msg)
+                else:
+                    self._stash.append(msg)
+            if self.writer.queue:
+                self.flush()
+
+    def shutdown(self) -> None:
+        self.flush()
+        self.pool.shutdown(wait=False, cancel_futures=True)
+        self.db.close()
+
+    # ---- files --------------------------------------------------------------------------
+    def handle_sto_alloc(self, req: Request) -> Any:
+        return self.queue_op(req, self.db.set_quota_op(self.ns(req), int(req.args["size"])))
+
+    def handle_sto_write(self, req: Request) -> Any:
+        quota = None if req.args.get("owner") is not None else req.ctx.get("storage_quota")
+        return self.queue_op(req, self.db.write_op(self.ns(req), req.args["path"], req.args["data"], quota))
+
+    def handle_sto_delete(self, req: Request) -> Any:
+        return self.queue_op(req, self.db.delete_op(self.ns(req), req.args["path"]))
+
+    def handle_sto_read(self, req: Request) -> Any:
+        return self.db.read(self.ns(req), req.args["path"], req.args.get("version"))
+
+    def handle_sto_versions(self, req: Request) -> Any:
+        return {"versions": self.db.versions(self.ns(req), req.args["path"])}
+
+    def handle_sto_list(self, req: Request) -> Any:
+        return {"paths": self.db.list(self.ns(req), req.args.get("prefix") or "")}
+
+    # ---- retrieval ----------------------------------------------------------------------
+    def handle_sto_retrieve(self, req: Request) -> Any:
+        ns, query, k = self.ns(req), req.args["query"], int(req.args.get("k") or 5)
+        self.embedder.start()
+        self.jobs += 1
+        self.pool.submit(self._retrieve_job, req.id, ns, query, k)
+        return DEFERRED
+
+    def _retrieve_job(self, rid: Any, ns: str, query: str, k: int) -> None:
+        try:
+            self.done.put((rid, self.retrieve(ns, query, k), None))
+        except AiosError as exc:
+            self.done.put((rid, None, exc))
+        except Exception as exc:  # a bug here must still answer the caller
+            self.done.put((rid, None, AiosError("EIO", f"retrieval failed: {type(exc).__name__}: {exc}")))
+
+    def retrieve(self, ns: str, query: str, k: int) -> dict:
+        """Rank the latest version of every text file in the namespace by similarity."""
+        docs, vecs, todo = [], [], []
+        with self.db.env.begin(buffers=False) as txn:
+            for path in self.db.list(ns):
+                meta = protocol.unpack(txn.get(fkey(ns, path), db=self.db.db["files"]), 1 << 24)
+                key = vkey(ns, path, meta["v"])
+                try:
+                    text = txn.get(key, db=self.db.db["versions"]).decode()
+                except UnicodeDecodeError:
+                    continue  # binary files are not retrievable text
+                if "\0" in text or not text.strip():
+                    continue
+                cached = txn.get(key, db=self.db.db["index"])
+                vec = np.frombuffer(protocol.unpack(cached, 1 << 20), dtype=np.float32) if cached else None
+                if vec is None:
+                    todo.append(len(docs))
+                docs.append({"path": path, "version": meta["v"], "text": text, "key": key})
+                vecs.append(vec)
+        if todo:
+            fresh = self.embedder.encode([docs[i]["text"][:8192] for i in todo])
+            for j, i in enumerate(todo):
+                vecs[i] = fresh[j]
+            self.jobs += 1
+            self.done.put(("index", [(docs[i]["key"], fresh[j].tobytes()) for j, i in enumerate(todo)], None))
+        if not docs:
+            return {"results": []}
+        q = self.embedder.encode([query])[0]
+        ranked = top_k(q, np.stack(vecs), k)
+        return {"results": [{"path": docs[i]["path"], "version": docs[i]["version"], "score": s,
+                             "text": docs[i]["text"][:4096]} for i, s in ranked]}
+
+    # ---- agent snapshots ----------------------------------------------------------------
+    def handle_snapshot_create(self, req: Request) -> Any:
+        ns = self.ns(req)
+        self.flush()
+        memory = self.call("_mem_dump", {"aid": req.aid}).get("records", [])
+        try:
+            context = self.call("_ctx_dump", {"aid": req.aid}, timeout=10.0)
+        except AiosError:  # an llm worker without contexts: the snapshot holds none
+            context = None
+        files = {p: self.db.read(ns, p)["data"] for p in self.db.list(ns)}
+        sid = f"snap-{time.time_ns():x}"
+        snap = {"id": sid, "label": req.args.get("label") or "", "time": time.time(), "aid": req.aid,
+                "memory": memory, "context": context, "files": files}
+        key = ns.encode() + b"\0" + sid.encode()
+        self.db.write_now(self.db.raw_put_op("agent_snaps", key, snap))
+        return {"snapshot": sid, "records": len(memory), "files": len(files), "context": context is not None}
+
+    def handle_snapshot_restore(self, req: Request) -> Any:
+        ns, sid = self.ns(req), req.args["snapshot"]
+        snap = self.db.raw_get("agent_snaps", ns.encode() + b"\0" + sid.encode())
+        self.flush()
+        ops = [self.db.delete_op(ns, p) for p in self.db.list(ns) if p not in snap["files"]]
+        for path, data in snap["files"].items():
+            try:
+                same = self.db.read(ns, path)["data"] == data
+            except AiosError:
+                same = False
+            if not same:  # rollback is a new version, so the rolled-over one stays readable
+                ops.append(self.db.write_op(ns, path, data))
+        for res in self.db.run_batch(ops):
+            if isinstance(res, AiosError):
+                raise res
+        self.call("_mem_load", {"aid": req.aid, "records": snap["memory"]})
+        restored_ctx = False
+        if snap.get("context") is not None:
+            try:
+                self.call("_ctx_load", {"aid": req.aid, "context": snap["context"]}, timeout=10.0)
+                restored_ctx = True
+            except AiosError:
+                pass
+        return {"snapshot": sid, "records": len(snap["memory"]), "files": len(snap["files"]),
+                "context": restored_ctx}
+
+    # ---- audit, raw databases, process rows ---------------------------------------------
+    def handle_audit_query(self, req: Request) -> Any:
+        a = req.args
+        aid, name = a.get("aid"), a.get("name")
+        if not req.ctx.get("is_root") and aid is None:
+            if name is not None and name != req.name:
+                raise AiosError("EACCES", f"agent {req.aid} may read only its own audit records")
+            if name is None:
+                aid = req.aid
+        self.flush()
+        return {"records": self.db.audit_query(aid=aid, name=name, since=a.get("since"), until=a.get("until"),
+                                               call=a.get("call"), limit=int(a.get("limit") or 1000))}
+
+    def handle_audit(self, req: Request) -> Any:
+        records = [r for r in req.args["records"] if isinstance(r, dict)]
+        return self.queue_op(req, self.db.audit_op(records))
+
+    def handle_proc_save(self, req: Request) -> Any:
+        row = req.args["row"]
+        aid = int(row.get("aid", 0))
+        return self.queue_op(req, self.db.raw_put_op("procs", struct.pack(">Q", aid), row))
+
+    def handle_sto_put(self, req: Request) -> Any:
+        return self.queue_op(req, self.db.raw_put_op(req.args["db"], bytes(req.args["key"]), req.args.get("value")))
+
+    def handle_sto_get(self, req: Request) -> Any:
+        if self.writer.queue:
+            self.flush()  # a put still queued must be visible to the get that follows it
+        db, key = req.args["db"], bytes(req.args["key"])
+        value = self.db.raw_get(db, key)
+        if req.args.get("delete"):
+            self.db.write_now(self.db.raw_put_op(db, key, None))
+        return value  # the stored value itself; a missing key is ENOENT
+
+
+if __name__ == "__main__":
+    run_manager(StorageManager)

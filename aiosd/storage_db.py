@@ -1,0 +1,340 @@
+"""The LMDB layer of the storage manager: namespaced files with versions, quotas, raw
+sub-databases, the audit log, and group commit. No sockets; tests drive it directly.
+
+Layout (one environment, one writer process):
+  files     ns\\0path               -> {"v": latest, "kept": [versions], "size": bytes kept, "t"}
+  versions  ns\\0path\\0%010d        -> the bytes of that version
+  quotas    ns                     -> {"quota": bytes, "used": bytes}
+  index     ns\\0path\\0%010d        -> float32 embedding of that version's text
+  audit     time_ns(8) seq(8)      -> an audit record (append-only, in key order)
+  procs     aid(8)                 -> an exited agent's process-table row
+  history, snapshots               -> raw values for the memory manager and the llm worker
+  agent_snaps ns\\0id              -> an agent snapshot (memory, context, files)
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import lmdb
+
+from aiosd import protocol
+from aiosd.errors import AiosError
+
+DBS = ("files", "versions", "history", "audit", "procs", "snapshots", "agent_snaps", "index", "quotas")
+RAW_DBS = ("history", "snapshots", "procs", "index", "agent_snaps")  # reachable by _sto_put/_sto_get
+MAX_PATH = 1024
+SEP = b"\0"
+
+
+def check_path(path: object, what: str = "path", prefix: bool = False) -> str:
+    """A relative name inside a namespace; anything that could escape it is EINVAL."""
+    if not isinstance(path, str):
+        raise AiosError("EINVAL", f"{what} must be a string")
+    if not path and not prefix:
+        raise AiosError("EINVAL", f"{what} must not be empty")
+    if len(path.encode()) > MAX_PATH:
+        raise AiosError("EINVAL", f"{what} is longer than {MAX_PATH} bytes")
+    if "\0" in path:
+        raise AiosError("EINVAL", f"{what} must not contain NUL bytes")
+    if path.startswith("/") or path.startswith("\\"):
+        raise AiosError("EINVAL", f"{what} '{path}' is absolute; paths are relative to the namespace")
+    parts = path.replace("\\", "/").split("/")
+    if prefix and parts and parts[-1] == "":
+        parts = parts[:-1]  # "notes/" lists a folder
+    for part in parts:
+        if part == "..":
+            raise AiosError("EINVAL", f"{what} '{path}' has a '..' component")
+        if part in ("", ".") and not (prefix and not path):
+            raise AiosError("EINVAL", f"{what} '{path}' has an empty or '.' component")
+    return path
+
+
+def check_ns(ns: object) -> str:
+    if not isinstance(ns, str) or not ns or "\0" in ns or len(ns) > 256:
+        raise AiosError("EINVAL", "a storage namespace is a short non-empty name")
+    return ns
+
+
+def fkey(ns: str, path: str) -> bytes:
+    return ns.encode() + SEP + path.encode()
+
+
+def vkey(ns: str, path: str, version: int) -> bytes:
+    return fkey(ns, path) + SEP + b"%010d" % version
+
+
+def as_bytes(data: Any) -> bytes:
+    if isinstance(data, str):
+        return data.encode()
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        return bytes(data)
+    raise AiosError("EINVAL", "data must be bytes or a string")
+
+
+class StorageDB:
+    def __init__(self, path: str | Path, map_size: int = 1 << 32, versions_kept: int = 8,
+                 default_quota: int = 256 << 20, sync: str = "full"):
+        self.path = Path(path)
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.sync_mode = sync
+        # "full": LMDB syncs data then meta inside every commit; "data": commit unsynced,
+        # then one explicit env.sync() before anything is acknowledged
+        self.env = lmdb.open(str(self.path), map_size=map_size, max_dbs=len(DBS) + 2, subdir=True,
+                             sync=(sync == "full"), metasync=(sync == "full"), max_readers=256)
+        self.cleared_readers = self.env.reader_check()  # slots of dead readers (a killed process)
+        self.db = {name: self.env.open_db(name.encode()) for name in DBS}
+        self.versions_kept = max(1, versions_kept)
+        self.default_quota = default_quota
+        self._audit_last = (0, 0)
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.db["audit"])
+            if cur.last():
+                self._audit_last = struct.unpack(">QQ", cur.key()[:16])
+        self.commits = 0
+
+    def close(self) -> None:
+        self.env.close()
+
+    # ---- transactions -------------------------------------------------------------------
+    def run_batch(self, ops: list[Callable[[Any], Any]]) -> list[Any]:
+        """Apply ops in one transaction, each in its own nested one (a failing op changes
+        nothing), commit and sync once. Returns each op's result or its AiosError."""
+        while True:
+            results: list[Any] = []
+            txn = self.env.begin(write=True)
+            try:
+                for op in ops:
+                    child = self.env.begin(write=True, parent=txn)
+                    try:
+                        results.append(op(child))
+                        child.commit()
+                    except AiosError as exc:
+                        child.abort()
+                        results.append(exc)
+                txn.commit()
+            except lmdb.MapFullError:
+                txn.abort()
+                self.env.set_mapsize(self.env.info()["map_size"] * 2)
+                continue
+            except BaseException:
+                txn.abort()
+                raise
+            if self.sync_mode != "full":
+                self.env.sync(True)
+            self.commits += 1
+            return results
+
+    def write_now(self, op: Callable[[Any], Any]) -> Any:
+        res = self.run_batch([op])[0]
+        if isinstance(res, AiosError):
+            raise res
+        return res
+
+    # ---- quotas -------------------------------------------------------------------------
+    def quota(self, txn, ns: str) -> dict:
+        raw = txn.get(ns.encode(), db=self.db["quotas"])
+        return protocol.unpack(raw, 1 << 20) if raw else {"quota": self.default_quota, "used": 0}
+
+    def set_quota_op(self, ns: str, size: int) -> Callable:
+        def op(txn):
+            q = self.quota(txn, ns)
+            if size < q["used"]:
+                raise AiosError("ENOSPC", f"namespace '{ns}' already holds {q['used']} bytes, more than {size}")
+            q["quota"] = size
+            txn.put(ns.encode(), protocol.pack(q), db=self.db["quotas"])
+            return {"quota": size, "used": q["used"]}
+        return op
+
+    def _charge(self, txn, ns: str, delta: int, quota: int | None = None) -> None:
+        q = self.quota(txn, ns)
+        if quota is not None and not txn.get(ns.encode(), db=self.db["quotas"]):
+            q["quota"] = quota  # the agent's spawn-time quota, on its namespace's first write
+        if delta > 0 and q["used"] + delta > q["quota"]:
+            raise AiosError("ENOSPC", f"namespace '{ns}' would hold {q['used'] + delta} bytes, "
+                                      f"over its quota of {q['quota']}")
+        q["used"] = max(0, q["used"] + delta)
+        txn.put(ns.encode(), protocol.pack(q), db=self.db["quotas"])
+
+    # ---- files --------------------------------------------------------------------------
+    def _meta(self, txn, ns: str, path: str) -> dict | None:
+        raw = txn.get(fkey(ns, path), db=self.db["files"])
+        return protocol.unpack(raw, 1 << 24) if raw else None
+
+    def write_op(self, ns: str, path: str, data: Any, quota: int | None = None) -> Callable:
+        check_ns(ns)
+        check_path(path)
+        blob = as_bytes(data)
+
+        def op(txn) -> dict:
+            meta = self._meta(txn, ns, path) or {"v": 0, "kept": [], "sizes": [], "size": 0}
+            version = meta["v"] + 1
+            kept, sizes = meta["kept"] + [version], meta["sizes"] + [len(blob)]
+            dropped = []
+            while len(kept) > self.versions_kept:
+                dropped.append(kept.pop(0))
+                sizes.pop(0)
+            self._charge(txn, ns, sum(sizes) - meta["size"], quota)
+            for v in dropped:
+                txn.delete(vkey(ns, path, v), db=self.db["versions"])
+                txn.delete(vkey(ns, path, v), db=self.db["index"])
+            txn.put(vkey(ns, path, version), blob, db=self.db["versions"])
+            meta = {"v": version, "kept": kept, "sizes": sizes, "size": sum(sizes), "t": time.time()}
+            txn.put(fkey(ns, path), protocol.pack(meta), db=self.db["files"])
+            return {"version": version, "size": len(blob)}
+        return op
+
+    def delete_op(self, ns: str, path: str) -> Callable:
+        check_ns(ns)
+        check_path(path)
+
+        def op(txn) -> dict:
+            meta = self._meta(txn, ns, path)
+            if meta is None:
+                raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
+            for v in meta["kept"]:
+                txn.delete(vkey(ns, path, v), db=self.db["versions"])
+                txn.delete(vkey(ns, path, v), db=self.db["index"])
+            txn.delete(fkey(ns, path), db=self.db["files"])
+            self._charge(txn, ns, -meta["size"])
+            return {"deleted": path, "versions": len(meta["kept"])}
+        return op
+
+    def read(self, ns: str, path: str, version: int | None = None) -> dict:
+        check_path(path)
+        with self.env.begin(buffers=False) as txn:
+            meta = self._meta(txn, ns, path)
+            if meta is None:
+                raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
+            v = version or meta["v"]
+            if v not in meta["kept"]:
+                raise AiosError("ENOENT", f"version {v} of '{path}' is not kept (kept: {meta['kept']})")
+            return {"data": txn.get(vkey(ns, path, v), db=self.db["versions"]), "version": v}
+
+    def versions(self, ns: str, path: str) -> list[dict]:
+        check_path(path)
+        with self.env.begin() as txn:
+            meta = self._meta(txn, ns, path)
+            if meta is None:
+                raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
+            return [{"version": v, "size": s} for v, s in zip(meta["kept"], meta["sizes"], strict=True)]
+
+    def list(self, ns: str, prefix: str = "") -> list[str]:
+        check_path(prefix, "prefix", prefix=True)
+        start = fkey(ns, prefix)
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.db["files"])
+            if cur.set_range(start):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(start):
+                        break
+                    out.append(key[len(ns.encode()) + 1:].decode())
+        return out
+
+    def usage(self, ns: str) -> dict:
+        with self.env.begin() as txn:
+            return self.quota(txn, ns)
+
+    # ---- raw sub-databases --------------------------------------------------------------
+    def raw_put_op(self, db: str, key: bytes, value: Any) -> Callable:
+        if db not in RAW_DBS:
+            raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")
+
+        def op(txn):
+            if value is None:
+                return {"deleted": txn.delete(key, db=self.db[db])}
+            txn.put(key, protocol.pack(value), db=self.db[db])
+            return {"stored": True}
+        return op
+
+    def raw_get(self, db: str, key: bytes) -> Any:
+        if db not in RAW_DBS:
+            raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")
+        with self.env.begin(buffers=False) as txn:
+            raw = txn.get(key, db=self.db[db])
+        if raw is None:
+            raise AiosError("ENOENT", f"no key {key[:64]!r} in {db}")
+        return protocol.unpack(raw, 1 << 31)
+
+    def raw_scan(self, db: str, prefix: bytes) -> list[tuple[bytes, Any]]:
+        out = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.db[db])
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    out.append((k, protocol.unpack(v, 1 << 31)))
+        return out
+
+    # ---- audit --------------------------------------------------------------------------
+    def audit_op(self, records: list) -> Callable:
+        def op(txn):
+            t, seq = self._audit_last
+            for rec in records:
+                now = time.time_ns()
+                t, seq = (now, 0) if now > t else (t, seq + 1)  # keys only ever grow
+                txn.put(struct.pack(">QQ", t, seq), protocol.pack(rec), db=self.db["audit"], append=True)
+            self._audit_last = (t, seq)
+            return {"appended": len(records)}
+        return op
+
+    def audit_query(self, aid: int | None = None, name: str | None = None, since: float | None = None,
+                    until: float | None = None, call: str | None = None, limit: int = 1000) -> list[dict]:
+        """The newest `limit` matching records, oldest first."""
+        out: list[dict] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.db["audit"])
+            if not cur.last():
+                return out
+            for _, raw in cur.iterprev():
+                rec = protocol.unpack(raw, 1 << 24)
+                t = rec.get("t", 0.0)
+                if since is not None and t < since - 5.0:
+                    break  # keys are append order; records' own times lag them by batching only
+                if ((aid is not None and rec.get("aid") != aid) or (name is not None and rec.get("name") != name)
+                        or (call is not None and rec.get("call") != call)
+                        or (since is not None and t < since) or (until is not None and t > until)):
+                    continue
+                out.append(rec)
+                if len(out) >= limit:
+                    break
+        out.reverse()
+        return out
+
+
+class GroupCommitWriter:
+    """Queues write ops as they arrive and commits them together: one transaction and one
+    sync per `flush`, then every waiter gets its answer. With `group=False` each op gets
+    its own synced transaction (the baseline the benchmark compares against)."""
+
+    def __init__(self, db: StorageDB, group: bool = True, max_batch: int = 1024):
+        self.db = db
+        self.group = group
+        self.max_batch = max(1, max_batch)
+        self.queue: list[tuple[Any, Callable]] = []
+        self.batches = 0
+        self.ops = 0
+
+    def submit(self, token: Any, op: Callable) -> None:
+        self.queue.append((token, op))
+
+    def __len__(self) -> int:
+        return len(self.queue)
+
+    def flush(self) -> list[tuple[Any, Any]]:
+        """Commit what is queued; returns (token, result or AiosError) in arrival order."""
+        done: list[tuple[Any, Any]] = []
+        while self.queue:
+            n = self.max_batch if self.group else 1
+            batch, self.queue = self.queue[:n], self.queue[n:]
+            results = self.db.run_batch([op for _, op in batch])
+            self.batches += 1
+            self.ops += len(batch)
+            done += [(tok, res) for (tok, _), res in zip(batch, results, strict=True)]
+        return done

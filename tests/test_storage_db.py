@@ -1,0 +1,140 @@
+"""The LMDB layer directly, in a temporary directory: paths, versions, quotas, group commit."""
+
+from __future__ import annotations
+
+import pytest
+
+from aiosd.errors import AiosError
+from aiosd.storage_db import GroupCommitWriter, StorageDB, check_path
+
+
+@pytest.fixture
+def db(tmp_path):
+    d = StorageDB(tmp_path / "s.lmdb", map_size=1 << 20, versions_kept=3, default_quota=1 << 20)
+    yield d
+    d.close()
+
+
+@pytest.mark.parametrize("bad", ["", "/etc/passwd", "../x", "a/../../b", "a/..", "a\0b", "x" * 1025,
+                                 "a//b", "./a", "\\abs", "a\\..\\b"])
+def test_bad_paths_are_einval(bad):
+    with pytest.raises(AiosError) as e:
+        check_path(bad)
+    assert e.value.code == "EINVAL"
+
+
+def test_good_paths():
+    for ok in ("a", "notes/today.txt", "a.b/c..d", "x" * 1024):
+        assert check_path(ok) == ok
+    assert check_path("", prefix=True) == ""
+    assert check_path("notes/", prefix=True) == "notes/"
+
+
+def test_versions_kept_and_read(db):
+    for i in range(1, 6):
+        assert db.write_now(db.write_op("alice", "f.txt", f"v{i}"))["version"] == i
+    assert db.read("alice", "f.txt") == {"data": b"v5", "version": 5}
+    assert db.read("alice", "f.txt", 3)["data"] == b"v3"
+    assert [v["version"] for v in db.versions("alice", "f.txt")] == [3, 4, 5]
+    with pytest.raises(AiosError) as e:
+        db.read("alice", "f.txt", 1)
+    assert e.value.code == "ENOENT"
+    assert db.usage("alice")["used"] == 6  # three kept versions of two bytes
+
+
+def test_namespaces_are_separate_and_list(db):
+    db.write_now(db.write_op("alice", "notes/a", b"1"))
+    db.write_now(db.write_op("alice", "notes/b", b"2"))
+    db.write_now(db.write_op("alice", "other", b"3"))
+    db.write_now(db.write_op("bob", "notes/a", b"bob"))
+    assert db.list("alice", "notes/") == ["notes/a", "notes/b"]
+    assert db.list("alice") == ["notes/a", "notes/b", "other"]
+    assert db.read("bob", "notes/a")["data"] == b"bob"
+    with pytest.raises(AiosError):
+        db.read("carol", "notes/a")
+
+
+def test_delete_frees_quota(db):
+    db.write_now(db.write_op("a", "f", b"x" * 100))
+    db.write_now(db.write_op("a", "f", b"x" * 50))
+    assert db.usage("a")["used"] == 150
+    db.write_now(db.delete_op("a", "f"))
+    assert db.usage("a")["used"] == 0 and db.list("a") == []
+    with pytest.raises(AiosError) as e:
+        db.write_now(db.delete_op("a", "f"))
+    assert e.value.code == "ENOENT"
+
+
+def test_quota_enospc_changes_nothing(db):
+    db.write_now(db.set_quota_op("a", 100))
+    db.write_now(db.write_op("a", "f", b"x" * 80))
+    with pytest.raises(AiosError) as e:
+        db.write_now(db.write_op("a", "g", b"x" * 30))
+    assert e.value.code == "ENOSPC"
+    assert db.list("a") == ["f"] and db.usage("a")["used"] == 80
+    with pytest.raises(AiosError):
+        db.write_now(db.set_quota_op("a", 10))
+
+
+def test_map_grows_when_full(db):
+    big = b"z" * (300 << 10)
+    db.write_now(db.set_quota_op("a", 1 << 30))
+    for i in range(8):  # 2.4 MiB through a 1 MiB map
+        db.write_now(db.write_op("a", f"f{i}", big))
+    assert db.env.info()["map_size"] > 1 << 20
+    assert db.read("a", "f7")["data"] == big
+
+
+def test_group_commit_one_transaction_per_flush(db):
+    w = GroupCommitWriter(db, group=True)
+    db.write_now(db.set_quota_op("small", 10))
+    for i in range(20):
+        w.submit(i, db.write_op(f"ns{i % 4}", f"f{i}", b"d%d" % i))
+    w.submit("over", db.write_op("small", "f", b"x" * 11))
+    before = db.commits
+    done = w.flush()
+    assert db.commits == before + 1 and len(w) == 0
+    assert [t for t, _ in done] == list(range(20)) + ["over"]
+    assert all(r["version"] == 1 for _, r in done[:20])
+    assert isinstance(done[-1][1], AiosError) and done[-1][1].code == "ENOSPC"
+    assert db.read("ns3", "f7")["data"] == b"d7"
+    assert db.list("small") == []
+
+
+def test_per_write_mode_commits_each(db):
+    w = GroupCommitWriter(db, group=False)
+    for i in range(5):
+        w.submit(i, db.write_op("a", f"f{i}", b"x"))
+    before = db.commits
+    w.flush()
+    assert db.commits == before + 5
+
+
+def test_audit_append_order_and_query(tmp_path):
+    db = StorageDB(tmp_path / "a", map_size=1 << 22)
+    recs = [{"t": 100.0 + i, "aid": i % 2, "name": f"n{i % 2}", "call": "mem_read" if i % 3 else "sto_write"}
+            for i in range(30)]
+    db.write_now(db.audit_op(recs[:10]))
+    db.write_now(db.audit_op(recs[10:]))
+    db.close()
+    db = StorageDB(tmp_path / "a", map_size=1 << 22)  # reopened: keys keep growing
+    db.write_now(db.audit_op([{"t": 200.0, "aid": 1, "name": "n1", "call": "x"}]))
+    allr = db.audit_query(limit=1000)
+    assert [r["t"] for r in allr] == [r["t"] for r in recs] + [200.0]
+    assert [r["t"] for r in db.audit_query(aid=1, limit=3)] == [127.0, 129.0, 200.0]
+    assert all(r["call"] == "sto_write" for r in db.audit_query(call="sto_write"))
+    assert [r["t"] for r in db.audit_query(since=125.0, until=128.5)] == [125.0, 126.0, 127.0, 128.0]
+    assert db.audit_query(name="n0", limit=1)[0]["t"] == 128.0
+    db.close()
+
+
+def test_raw_dbs(db):
+    db.write_now(db.raw_put_op("snapshots", b"k1", {"a": b"kv"}))
+    assert db.raw_get("snapshots", b"k1") == {"a": b"kv"}
+    db.write_now(db.raw_put_op("snapshots", b"k1", None))
+    with pytest.raises(AiosError) as e:
+        db.raw_get("snapshots", b"k1")
+    assert e.value.code == "ENOENT"
+    with pytest.raises(AiosError) as e:
+        db.raw_put_op("files", b"x", 1)
+    assert e.value.code == "EINVAL"
