@@ -79,7 +79,8 @@ class Agent:
         self.requests.append({"submit": submit, "end": end, "queued_s": t.get("queued_s"),
                               "first_token_s": t.get("first_token_s"), "total_s": t.get("total_s"),
                               "prompt_tokens": usage.get("prompt_tokens"),
-                              "completion_tokens": usage.get("completion_tokens")})
+                              "completion_tokens": usage.get("completion_tokens"),
+                              "text": reply.get("text") or ""})  # each step's output, for Table 4
         return reply
 
     def tool(self, name: str, args: dict, *, timeout: float | None = 30.0) -> Any:
