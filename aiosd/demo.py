@@ -143,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
         if r.returncode != 0:
             console.print(f"[red]aiosd start failed[/red]\n{r.stdout}{r.stderr}")
             return 1
-        console.print(f"aiosd started in {time.monotonic() - t:.1f} s (AIOS_HOME={home})")
+        pid_file = home / "run" / "aiosd.pid"
+        kpid = pid_file.read_text().strip() if pid_file.exists() else "?"
+        console.print(f"aiosd pid {kpid} started in {time.monotonic() - t:.1f} s (AIOS_HOME={home})")
         from libaios.client import Client
         client = Client(home, timeout=None)
         with Progress(SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(),
