@@ -35,7 +35,7 @@ class AiosError(Exception):
         return {"code": self.code, "message": self.message}
 
     @classmethod
-    def from_wire(cls, err: object) -> "AiosError":
+    def from_wire(cls, err: object) -> AiosError:
         if isinstance(err, dict):
             return cls(str(err.get("code", "EIO")), str(err.get("message", "")))
         return cls("EIO", str(err))

@@ -70,6 +70,7 @@ class Kernel(KernelCalls):
         self.running = True
         self.started_at = time.time()
         self.counters = {"requests": 0, "errors": 0}
+        self.next_housekeeping = 0.0
 
     # ---- set-up -------------------------------------------------------------------------
     def bind(self) -> None:
@@ -112,13 +113,16 @@ class Kernel(KernelCalls):
                 self.drain(self.back, self.on_backend)
             if self.front in events:
                 self.drain(self.front, self.on_frontend)
-            if self.wake_r.fileno() in events:
+            if self.wake_r.fileno() in events:  # a signal arrived (SIGCHLD, mostly)
                 try:
                     self.wake_r.recv(4096)
                 except BlockingIOError:
                     pass
-            self.reap()
-            self.housekeeping()
+                self.reap()
+            now = time.monotonic()
+            if now >= self.next_housekeeping:  # not on every message: the hot path stays short
+                self.next_housekeeping = now + 0.01
+                self.housekeeping()
         self.shutdown()
 
     @staticmethod

@@ -7,6 +7,8 @@ Connection details come from the environment the kernel gives every agent
 (AIOS_HOME, AIOS_AID, AIOS_TOKEN); outside an agent it connects as root.
 """
 
+from libaios.calls import *  # noqa: F403  (one function per public syscall)
+from libaios.calls import __all__ as _calls_all
 from libaios.client import Client, Stream, connect, syscall
 from libaios.errors import (
     AiosError,
@@ -20,5 +22,5 @@ from libaios.errors import (
 
 __all__ = [
     "AiosError", "Busy", "Client", "InvalidArgument", "NotFound", "PermissionDenied", "Stream",
-    "TimedOut", "Unavailable", "connect", "syscall",
+    "TimedOut", "Unavailable", "connect", "syscall", *_calls_all,
 ]
