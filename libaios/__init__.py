@@ -22,5 +22,6 @@ from libaios.errors import (
 
 __all__ = [
     "AiosError", "Busy", "Client", "InvalidArgument", "NotFound", "PermissionDenied", "Stream",
-    "TimedOut", "Unavailable", "connect", "syscall", *_calls_all,
+    "TimedOut", "Unavailable", "connect", "syscall",
 ]
+__all__ += _calls_all
