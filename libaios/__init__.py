@@ -24,4 +24,4 @@ __all__ = [
     "AiosError", "Busy", "Client", "InvalidArgument", "NotFound", "PermissionDenied", "Stream",
     "TimedOut", "Unavailable", "connect", "syscall",
 ]
-__all__ += _calls_all
+__all__ += _calls_all  # noqa: PLE0605  (the wrappers are listed in libaios.calls)
