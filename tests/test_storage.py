@@ -1,0 +1,130 @@
+"""The storage manager through the real daemon: namespaces, grants, paths, quotas,
+versions and rollback, retrieval, agent snapshots, the audit log."""
+
+from __future__ import annotations
+
+import pytest
+
+from libaios import AiosError
+
+
+def code_of(fn, *a, **kw) -> str:
+    with pytest.raises(AiosError) as e:
+        fn(*a, **kw)
+    return e.value.code
+
+
+def test_write_read_versions_and_rollback(daemon):
+    _, c = daemon.agent("sto-versions")
+    for i in range(1, 4):
+        assert c.syscall("sto_write", {"path": "notes/plan.txt", "data": f"draft {i}"})["version"] == i
+    assert c.syscall("sto_read", {"path": "notes/plan.txt"}) == {"data": b"draft 3", "version": 3}
+    assert c.syscall("sto_read", {"path": "notes/plan.txt", "version": 1})["data"] == b"draft 1"
+    assert [v["version"] for v in c.syscall("sto_versions", {"path": "notes/plan.txt"})["versions"]] == [1, 2, 3]
+    # rolling back is writing an old version again: history stays readable
+    old = c.syscall("sto_read", {"path": "notes/plan.txt", "version": 1})["data"]
+    assert c.syscall("sto_write", {"path": "notes/plan.txt", "data": old})["version"] == 4
+    assert c.syscall("sto_read", {"path": "notes/plan.txt"})["data"] == b"draft 1"
+    assert c.syscall("sto_list", {"prefix": "notes/"})["paths"] == ["notes/plan.txt"]
+    c.syscall("sto_delete", {"path": "notes/plan.txt"})
+    assert code_of(c.syscall, "sto_read", {"path": "notes/plan.txt"}) == "ENOENT"
+
+
+def test_versions_kept_is_bounded(daemon):
+    _, c = daemon.agent("sto-kept")
+    n = daemon.cfg.versions_kept + 3
+    for i in range(n):
+        c.syscall("sto_write", {"path": "f", "data": str(i)})
+    kept = [v["version"] for v in c.syscall("sto_versions", {"path": "f"})["versions"]]
+    assert kept == list(range(4, n + 1))
+    assert code_of(c.syscall, "sto_read", {"path": "f", "version": 1}) == "ENOENT"
+
+
+@pytest.mark.parametrize("path", ["../escape", "a/../../etc/passwd", "/etc/passwd", "a\0b", "x" * 1025, "",
+                                  "a//b", "./a"])
+def test_path_traversal_is_einval(daemon, path):
+    _, c = daemon.agent("sto-paths")
+    assert code_of(c.syscall, "sto_write", {"path": path, "data": b"x"}) == "EINVAL"
+    assert code_of(c.syscall, "sto_read", {"path": path}) in ("EINVAL",)
+    assert c.syscall("sto_list", {})["paths"] == []
+
+
+def test_namespaces_isolated_until_granted(daemon):
+    _, alice = daemon.agent("sto-alice")
+    _, bob = daemon.agent("sto-bob")
+    alice.syscall("sto_write", {"path": "secret", "data": b"alice's"})
+    bob.syscall("sto_write", {"path": "secret", "data": b"bob's"})
+    assert bob.syscall("sto_read", {"path": "secret"})["data"] == b"bob's"
+    for call, args in (("sto_read", {"path": "secret"}), ("sto_list", {}), ("sto_versions", {"path": "secret"}),
+                       ("sto_write", {"path": "x", "data": b"1"}), ("sto_delete", {"path": "secret"}),
+                       ("sto_retrieve", {"query": "secret"})):
+        assert code_of(bob.syscall, call, {**args, "owner": "sto-alice"}) == "EACCES", call
+    alice.syscall("grant", {"grantee": "name:sto-bob", "resource": "storage", "rights": "r"})
+    assert bob.syscall("sto_read", {"path": "secret", "owner": "sto-alice"})["data"] == b"alice's"
+    assert code_of(bob.syscall, "sto_write", {"path": "x", "data": b"1", "owner": "sto-alice"}) == "EACCES"
+    # the namespace belongs to the name: the same agent run again finds its files
+    _, alice2 = daemon.agent("sto-alice")
+    assert alice2.syscall("sto_read", {"path": "secret"})["data"] == b"alice's"
+
+
+def test_quota_enospc(daemon):
+    _, c = daemon.agent("sto-quota", storage_quota=1000)
+    c.syscall("sto_write", {"path": "a", "data": b"x" * 600})
+    assert code_of(c.syscall, "sto_write", {"path": "b", "data": b"x" * 600}) == "ENOSPC"
+    assert c.syscall("sto_list", {})["paths"] == ["a"]
+    c.syscall("sto_alloc", {"size": 4000})
+    c.syscall("sto_write", {"path": "b", "data": b"x" * 600})
+    assert code_of(c.syscall, "sto_alloc", {"size": 10}) == "ENOSPC"
+
+
+def test_large_file_through_shared_memory(daemon):
+    _, c = daemon.agent("sto-big")
+    blob = bytes(range(256)) * 4096  # 1 MiB: over the inline threshold both ways
+    c.syscall("sto_write", {"path": "big.bin", "data": blob})
+    assert c.syscall("sto_read", {"path": "big.bin"})["data"] == blob
+
+
+def test_retrieve_finds_relevant_text(daemon):
+    _, c = daemon.agent("sto-rag")
+    c.syscall("sto_write", {"path": "prefs/food", "data": "The user is vegetarian and loves spicy Thai curry."})
+    c.syscall("sto_write", {"path": "prefs/travel", "data": "Prefers window seats on morning flights."})
+    c.syscall("sto_write", {"path": "blob.bin", "data": b"\x00\xff\x00binary"})
+    out = c.syscall("sto_retrieve", {"query": "what should I cook for dinner?", "k": 2}, timeout=120)["results"]
+    assert out[0]["path"] == "prefs/food" and out[0]["score"] > out[1]["score"]
+    assert all(r["path"] != "blob.bin" for r in out)
+
+
+def test_agent_snapshot_and_restore(daemon):
+    aid, c = daemon.agent("sto-snap")
+    c.syscall("sto_write", {"path": "state", "data": b"before"})
+    c.syscall("mem_write", {"content": "remember this", "key": "k"})
+    snap = c.syscall("snapshot_create", {"label": "checkpoint"}, timeout=60)
+    assert snap["files"] == 1 and snap["records"] == 1
+    c.syscall("sto_write", {"path": "state", "data": b"after"})
+    c.syscall("sto_write", {"path": "later", "data": b"new file"})
+    c.syscall("mem_clear", {"all": True})
+    c.syscall("mem_write", {"content": "something else"})
+    out = c.syscall("snapshot_restore", {"snapshot": snap["snapshot"]}, timeout=60)
+    assert out["files"] == 1
+    assert c.syscall("sto_read", {"path": "state"})["data"] == b"before"
+    assert c.syscall("sto_list", {})["paths"] == ["state"]
+    recs = c.syscall("mem_read", {})["records"]
+    assert [r["content"] for r in recs] == ["remember this"]
+    assert code_of(c.syscall, "snapshot_restore", {"snapshot": "snap-nope"}) == "ENOENT"
+
+
+def test_audit_query_own_records_only(daemon):
+    aid, c = daemon.agent("sto-audit")
+    _, other = daemon.agent("sto-audit-other")
+    c.syscall("sto_list", {})
+    import time
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        recs = c.syscall("audit_query", {"call": "sto_list"})["records"]
+        if recs:
+            break
+        time.sleep(0.1)
+    assert recs and all(r["aid"] == aid for r in recs)
+    assert code_of(other.syscall, "audit_query", {"aid": aid}) == "EACCES"
+    assert code_of(other.syscall, "audit_query", {"name": "sto-audit"}) == "EACCES"
+    assert daemon.root.syscall("audit_query", {"aid": aid, "call": "sto_list"})["records"]
