@@ -354,8 +354,8 @@ class Kernel(KernelCalls):
             self.counters["errors"] += 1
             body = protocol.err(req_id, *error)
         else:
-            body = protocol.ok(req_id, protocol.offload(result, self.cfg.shm_threshold))
-        self.front.send_multipart([ident, protocol.pack(body)], copy=False)
+            body = protocol.ok(req_id, result)
+        self.front.send_multipart([ident, protocol.pack_msg(body, self.cfg.shm_threshold)], copy=False)
 
     def on_manager_event(self, m, msg: dict) -> None:
         if msg.get("event") == "usage":

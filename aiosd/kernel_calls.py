@@ -72,8 +72,11 @@ class KernelCalls:
         return row
 
     def view(self, row: AgentRow) -> dict:
-        if row.status.alive and row.pid:
+        now = time.monotonic()
+        # /proc reads cost more than the rest of a syscall: refresh at most every 100 ms
+        if row.status.alive and row.pid and now - getattr(row, "stats_at", 0.0) > 0.1:
             row.cpu_s, row.rss_bytes = proc_stats(row.pid)
+            row.stats_at = now
         return row.public()
 
     # ---- agent calls ---------------------------------------------------------------------

@@ -55,12 +55,32 @@ def pack(obj: Any) -> bytes:
     return msgpack.packb(obj, default=_default, use_bin_type=True)
 
 
+def pack_msg(obj: Any, threshold: int) -> bytes:
+    """Pack a message, moving big payloads to shared memory only when the body is big
+    (walking every message for payloads would cost more than the round trip itself)."""
+    body = pack(obj)
+    if len(body) > threshold:
+        body = pack(offload(obj, threshold))
+    return body
+
+
 def unpack(data: bytes, max_size: int = 1 << 20) -> Any:
     """Decode one body; anything malformed is an AiosError(EPROTO), never a crash."""
+    return unpack_refs(data, max_size)[0]
+
+
+def unpack_refs(data: bytes, max_size: int = 1 << 20) -> tuple[Any, bool]:
+    """Decode one body; also say whether it holds shared-memory references to resolve."""
     if len(data) > max_size:
         raise AiosError("EPROTO", f"frame of {len(data)} bytes is over the {max_size}-byte limit")
+    seen = []
+
+    def hook(code: int, payload: bytes) -> Any:
+        seen.append(code)
+        return _ext_hook(code, payload)
+
     try:
-        return msgpack.unpackb(data, ext_hook=_ext_hook, raw=False, strict_map_key=False)
+        return msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False), bool(seen)
     except AiosError:
         raise
     except Exception as exc:  # msgpack raises many types on garbage

@@ -73,7 +73,7 @@ class Client:
         if not (self.home / "run" / "kernel.sock").exists():
             raise Unavailable("EUNAVAIL", f"aiosd is not running on {self.home}")
         rid = next(self._ids)
-        body = protocol.pack({"id": rid, "call": name, "args": protocol.offload(args or {}, SHM_THRESHOLD)})
+        body = protocol.pack_msg({"id": rid, "call": name, "args": args or {}}, SHM_THRESHOLD)
         sock = self._sock()
         sock.send(body, copy=False)
         return sock, rid
@@ -83,8 +83,10 @@ class Client:
         while True:
             if not sock.poll(ms):
                 raise error_for("ETIMEDOUT", f"no answer from aiosd within {timeout:g} s")
-            msg = protocol.unpack(sock.recv(), 1 << 31)
+            msg, refs = protocol.unpack_refs(sock.recv(), 1 << 31)
             if isinstance(msg, dict) and msg.get("id") in (rid, None):
+                if not refs:
+                    msg["_plain"] = True
                 return msg
 
     def syscall(self, name: str, args: dict | None = None, timeout: float | None = -1.0) -> Any:
@@ -106,7 +108,7 @@ class Client:
     @staticmethod
     def _result(msg: dict) -> Any:
         if msg.get("ok"):
-            return protocol.resolve(msg.get("result"))
+            return msg.get("result") if msg.get("_plain") else protocol.resolve(msg.get("result"))
         err = msg.get("error") or {}
         raise error_for(str(err.get("code", "EIO")), str(err.get("message", "")))
 
@@ -130,7 +132,7 @@ class Stream:
         while not self.done:
             msg = self.client._recv(self.sock, self.rid, self.timeout)
             if "partial" in msg:
-                yield protocol.resolve(msg["partial"])
+                yield msg["partial"] if msg.get("_plain") else protocol.resolve(msg["partial"])
                 continue
             self.done = True
             self.result = self.client._result(msg)

@@ -79,7 +79,8 @@ class Manager:
         self.sock.send(protocol.pack(msg), copy=False)
 
     def reply(self, req_id: Any, result: Any) -> None:
-        self.send(protocol.ok(req_id, protocol.offload(result, self.cfg.shm_threshold)))
+        assert self.sock is not None
+        self.sock.send(protocol.pack_msg(protocol.ok(req_id, result), self.cfg.shm_threshold), copy=False)
 
     def fail(self, req_id: Any, code: str, message: str) -> None:
         self.send(protocol.err(req_id, code, message))
@@ -94,8 +95,9 @@ class Manager:
     # internal syscalls to other managers, through the kernel
     def call(self, call: str, args: dict, aid: int = 0, timeout: float = 30.0) -> Any:
         rid = f"m{next(self._ids)}"
-        self.send({"id": rid, "call": call, "args": protocol.offload(args, self.cfg.shm_threshold),
-                   "aid": aid})
+        assert self.sock is not None
+        self.sock.send(protocol.pack_msg({"id": rid, "call": call, "args": args, "aid": aid},
+                                         self.cfg.shm_threshold), copy=False)
         deadline = time.monotonic() + timeout
         assert self.sock is not None
         while True:
@@ -104,7 +106,9 @@ class Manager:
                 raise AiosError("ETIMEDOUT", f"internal call {call} timed out")
             if not self.sock.poll(int(left * 1000)):
                 continue
-            msg = protocol.unpack(self.sock.recv(), 1 << 30)
+            msg, refs = protocol.unpack_refs(self.sock.recv(), 1 << 30)
+            if isinstance(msg, dict) and refs:
+                msg["_refs"] = True
             if isinstance(msg, dict) and msg.get("id") == rid and "ok" in msg:
                 if msg["ok"]:
                     return protocol.resolve(msg.get("result"))
@@ -120,7 +124,8 @@ class Manager:
             self.fail(req.id, "ENOSYS", f"{self.name} does not serve {req.call}")
             return
         try:
-            req.args = protocol.resolve(req.args)
+            if msg.get("_refs"):
+                req.args = protocol.resolve(req.args)
             result = handler(req)
         except AiosError as exc:
             self.fail(req.id, exc.code, exc.message)
@@ -173,7 +178,10 @@ class Manager:
                         break
                     self._last_rx = time.monotonic()
                     try:
-                        self._handle(protocol.unpack(raw, 1 << 30))
+                        msg, refs = protocol.unpack_refs(raw, 1 << 30)
+                        if isinstance(msg, dict) and refs:
+                            msg["_refs"] = True
+                        self._handle(msg)
                     except AiosError as exc:
                         log.error("%s dropped a bad message from the kernel: %s", self.name, exc)
             now = time.monotonic()
