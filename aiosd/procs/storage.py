@@ -7,6 +7,7 @@ and one sync (group commit), and no write is acknowledged before it is durable.
 
 from __future__ import annotations
 
+import logging
 import queue
 import struct
 import time
@@ -108,8 +109,16 @@ class StorageManager(Manager):
             if self.writer.queue:
                 self.flush()
 
+    def on_event(self, event: dict) -> None:
+        settings = event.get("settings") or {}
+        if event.get("event") == "config" and "group_commit" in settings:
+            self.writer.group = bool(settings["group_commit"])
+
     def shutdown(self) -> None:
         self.flush()
+        w = self.writer
+        logging.getLogger("aiosd").info("storage: %d ops in %d synced batches (%.1f per batch)",
+                                        w.ops, w.batches, w.ops / max(w.batches, 1))
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.db.close()
 

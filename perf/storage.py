@@ -1,0 +1,112 @@
+"""Durable storage and memory throughput through the whole system (agents -> kernel -> managers).
+
+Measured in one run: durable 1 KiB sto_write from 16 concurrent agent processes with group
+commit, the same workload with one synced transaction per write (group_commit = false,
+a second daemon), sto_read/s from the same 16 agents, and the p50 of a 1 KiB mem_read.
+Targets (issue 6): >= 5,000 writes/s, >= 3x per-write sync, >= 10,000 reads/s,
+mem_read p50 <= 300 us.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from perf._harness import Daemon, markdown_table, parse_args, percentile, plot_bars, write_json
+
+WRITERS = 16
+WORKER = r"""
+import os, sys, time, libaios
+mode, n, start_at = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+data = os.urandom(1024)
+libaios.syscall("get_aid")
+if mode == "read":
+    for i in range(min(n, 64)):
+        libaios.syscall("sto_write", {"path": f"r/{i}", "data": data})
+while time.time() < start_at:
+    time.sleep(0.001)
+t0 = time.perf_counter()
+for i in range(n):
+    if mode == "write":
+        libaios.syscall("sto_write", {"path": f"w/{i % 256}", "data": data})
+    else:
+        assert libaios.syscall("sto_read", {"path": f"r/{i % 64}"})["data"] == data
+print("RESULT", n, time.perf_counter() - t0, flush=True)
+"""
+
+
+def run_agents(d: Daemon, mode: str, per_agent: int, lead_s: float = 3.0) -> float:
+    """Spawn WRITERS agent processes that start together; returns operations per second."""
+    root = d.client()
+    start_at = time.time() + lead_s
+    aids = [root.syscall("spawn_agent", {"argv": [sys.executable, "-c", WORKER, mode, str(per_agent), str(start_at)],
+                                         "name": f"{mode}{i}"})["aid"] for i in range(WRITERS)]
+    spans = []
+    for aid in aids:
+        root.syscall("wait_agent", {"aid": aid, "timeout": 600}, timeout=620)
+        text = (d.home / "logs" / f"agent-{aid}.log").read_text()
+        lines = [ln for ln in text.splitlines() if ln.startswith("RESULT")]
+        if not lines:
+            raise RuntimeError(f"agent {aid} did not finish:\n{text[-2000:]}")
+        spans.append(float(lines[0].split()[2]))
+    return WRITERS * per_agent / max(spans)
+
+
+def mem_read_latency(d: Daemon, n: int) -> list[float]:
+    root = d.client()
+    info = root.syscall("spawn_agent", {"argv": [sys.executable, "-c", "import time; time.sleep(600)"],
+                                        "name": "memlat"})
+    from libaios.client import Client
+    agent = Client(d.home)
+    agent.syscall("set_aid", {"aid": info["aid"]})
+    agent.syscall("mem_write", {"content": os.urandom(1024), "key": "k"})
+    lat, kernel_only = [], []
+    for i in range(n + 200):  # interleaved, so both see the same machine load
+        t0 = time.perf_counter()
+        agent.syscall("mem_read", {"key": "k"})
+        t1 = time.perf_counter()
+        agent.syscall("get_status")
+        t2 = time.perf_counter()
+        if i >= 200:
+            lat.append(t1 - t0)
+            kernel_only.append(t2 - t1)
+    root.syscall("kill_agent", {"aid": info["aid"], "signal": "KILL"})
+    return lat, kernel_only
+
+
+def main() -> None:
+    args = parse_args(__doc__.splitlines()[0])
+    managers = os.environ.get("AIOS_PERF_MANAGERS", "storage,memory")
+    writes = 300 if args.quick else 2000
+    baseline_writes = 60 if args.quick else 150
+    reads = 500 if args.quick else 3000
+    with Daemon(managers=managers, syscall_rate=1e9, group_commit=True) as d:
+        writes_per_s = run_agents(d, "write", writes)
+        reads_per_s = run_agents(d, "read", reads)
+        lat, kernel_only = mem_read_latency(d, 2000 if args.quick else 20000)
+    with Daemon(managers=managers, syscall_rate=1e9, group_commit=False) as d:
+        per_write_sync = run_agents(d, "write", baseline_writes)
+    res = {"writers": WRITERS, "writes_per_s": writes_per_s, "per_write_sync_writes_per_s": per_write_sync,
+           "reads_per_s": reads_per_s, "mem_read_p50_s": percentile(lat, 50),
+           "mem_read_p99_s": percentile(lat, 99),
+           "get_status_p50_s": percentile(kernel_only, 50), "group_commit_speedup": writes_per_s / per_write_sync,
+           "writes_per_agent": writes, "quick": args.quick}
+    write_json("storage", res)
+    print(markdown_table(["figure", "measured", "target"], [
+        ["durable sto_write/s, 16 agents, group commit", f"{writes_per_s:,.0f}", ">= 5,000"],
+        ["durable sto_write/s, one synced txn per write", f"{per_write_sync:,.0f}", "baseline"],
+        ["group commit / per-write sync", f"{res['group_commit_speedup']:.1f}x", ">= 3x"],
+        ["sto_read/s, 16 agents", f"{reads_per_s:,.0f}", ">= 10,000"],
+        ["mem_read 1 KiB p50", f"{res['mem_read_p50_s'] * 1e6:.0f} us", "<= 300 us"],
+        ["mem_read 1 KiB p99", f"{res['mem_read_p99_s'] * 1e6:.0f} us", ""],
+        ["get_status p50 (kernel only, same run)", f"{res['get_status_p50_s'] * 1e6:.0f} us", "baseline"],
+    ]))
+    plot_bars("storage", ["sto_write (durable)", "sto_read"], {
+        "group commit": [writes_per_s, reads_per_s],
+        "per-write sync": [per_write_sync, 0.0]},
+        ylabel="operations per second", title="storage through aiosd, 16 agents")
+
+
+if __name__ == "__main__":
+    main()
