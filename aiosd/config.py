@@ -76,6 +76,18 @@ class Config:
     storage_map_size: int = 1 << 32   # initial LMDB map size; doubled on MapFullError
     storage_max_batch: int = 1024     # most writes grouped into one transaction
 
+    # tool manager (issue 7); per tool: [tools.NAME] url, cpu_s, memory, concurrency, timeout_s
+    tool_workers: int = 2             # warm sandbox workers; each forks one child per call
+    tool_pool: int = 8                # tool calls running at once, all tools together
+    tool_queue: int = 256             # calls waiting for a slot before EBUSY
+    tool_timeout_s: float = 30.0      # a call's default wall-clock limit
+    tool_nofile: int = 256            # RLIMIT_NOFILE of a tool call
+
+    # access manager and security (issue 8)
+    agent_uid: int = -1               # aiosd as root: run agents as this uid (-1: as aiosd's own)
+    agent_gid: int = -1               # and this gid (-1: the uid's primary group)
+    max_children: int = 32            # live agents one agent may have spawned (a kernel-side fork cap)
+
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
