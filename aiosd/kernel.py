@@ -28,6 +28,7 @@ from aiosd.access import ROOT, AccessRules, Principal
 from aiosd.auth import ANON, ZAP_ENDPOINT, TokenStore, answer_zap
 from aiosd.config import Config, load
 from aiosd.errors import AiosError
+from aiosd.kernel_attach import AttachCalls
 from aiosd.kernel_calls import KernelCalls
 from aiosd.proctable import ProcessTable
 from aiosd.ratelimit import TokenBucket
@@ -53,13 +54,16 @@ class Pending:
     from_manager: bool = False
 
 
-class Kernel(KernelCalls):
+class Kernel(KernelCalls, AttachCalls):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.table = ProcessTable()
         self.rules = AccessRules()
         self.tokens = TokenStore()
-        self.sup = Supervisor(cfg, tuple(cfg.managers))
+        # the HTTP gateway is a supervised manager too, started only when asked for
+        gateway = ("gateway",) if cfg.http and "gateway" not in cfg.managers else ()
+        self.sup = Supervisor(cfg, tuple(cfg.managers) + gateway)
+        self.attached: dict[int, int] = {}  # aid -> carrier pid (kernel_attach.py)
         self.audit = audit.AuditBuffer()
         self.pending: dict[int, Pending] = {}
         self.held: list[tuple[float, bytes, dict]] = []  # requests for a manager that is restarting
@@ -387,6 +391,7 @@ class Kernel(KernelCalls):
             code = os.waitstatus_to_exitcode(status)
             m = self.sup.died(pid, code)
             if m is not None:
+                self.carrier_died(pid, code)
                 self.manager_died(m, code)
                 continue
             self.agent_died(pid, code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)

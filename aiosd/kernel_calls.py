@@ -215,6 +215,8 @@ class KernelCalls:
         return row
 
     def signal_agent(self, row: AgentRow, sig: int) -> None:
+        if row.aid in self.attached:  # no process of its own: never signal its carrier
+            return self.signal_attached(row, sig)
         try:
             os.killpg(row.pid, sig)
         except ProcessLookupError:

@@ -79,6 +79,15 @@ TABLE: tuple[Syscall, ...] = (
         Arg("storage_quota", "int", min=0),
         Arg("context_strategy", "str", choices=("truncate", "summarize")),
     ), "start an agent as a child process; returns {aid, pid}", group="agent"),
+    Syscall("attach_agent", "kernel", "root", (
+        Arg("name", "str", required=True, max_len=64),
+        Arg("priority", "int", min=-20, max=20),
+        Arg("tools", "list", max_len=256, doc="tool allowlist; None: all"),
+        Arg("manager", "str", max_len=64, doc="the supervised process carrying it (default: gateway)"),
+    ), "an agent row with no process of its own, carried by a manager (the HTTP gateway's keys); "
+       "returns its aid", group="agent"),
+    Syscall("detach_agent", "kernel", "root", (_aid(True), Arg("exit_code", "int", min=-255, max=255)),
+            "end an attached agent row (EXITED)", group="agent"),
     Syscall("kill_agent", "kernel", "agent", (_aid(True), Arg("signal", "str", choices=SIGNALS)),
             "send a signal (default TERM)", target="aid", resource="agent", group="agent"),
     Syscall("wait_agent", "kernel", "agent", (_aid(True), Arg("timeout", "float", min=0.0, max=86400.0)),

@@ -292,6 +292,17 @@ def spawn_agent(argv: list, *, name: str | None = None, priority: int | None = N
                                  "context_strategy": context_strategy})
 
 
+def attach_agent(name: str, *, priority: int | None = None, tools: list | None = None,
+                 manager: str | None = None) -> int:
+    """Root: make an agent row carried by a manager process (the gateway); returns its aid."""
+    return _call("attach_agent", {"name": name, "priority": priority, "tools": tools, "manager": manager})
+
+
+def detach_agent(aid: int, exit_code: int | None = None) -> Any:
+    """Root: end an attached agent row."""
+    return _call("detach_agent", {"aid": aid, "exit_code": exit_code})
+
+
 def kill_agent(aid: int, signal: str | None = None) -> Any:
     return _call("kill_agent", {"aid": aid, "signal": signal})
 
