@@ -76,6 +76,11 @@ class Config:
     storage_map_size: int = 1 << 32   # initial LMDB map size; doubled on MapFullError
     storage_max_batch: int = 1024     # most writes grouped into one transaction
 
+    # access manager and security (issue 8)
+    agent_uid: int = -1               # aiosd as root: run agents as this uid (-1: as aiosd's own)
+    agent_gid: int = -1               # and this gid (-1: the uid's primary group)
+    max_children: int = 32            # live agents one agent may have spawned (a kernel-side fork cap)
+
     # tool manager (issue 7); per tool: [tools.NAME] url, cpu_s, memory, concurrency, timeout_s
     tool_workers: int = 2             # warm sandbox workers; each forks one child per call
     tool_pool: int = 8                # tool calls running at once, all tools together

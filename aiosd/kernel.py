@@ -30,6 +30,7 @@ from aiosd.config import Config, load
 from aiosd.errors import AiosError
 from aiosd.kernel_attach import AttachCalls
 from aiosd.kernel_calls import KernelCalls
+from aiosd.limits import LLM_CALLS, LlmLimits, check_alloc
 from aiosd.proctable import ProcessTable
 from aiosd.ratelimit import TokenBucket
 from aiosd.supervisor import MgrState, Supervisor
@@ -70,6 +71,7 @@ class Kernel(KernelCalls, AttachCalls):
         self.waiters: dict[int, list[tuple[bytes, Any, float]]] = {}
         self.impersonating: dict[bytes, int] = {}
         self.buckets: dict[int, TokenBucket] = {}
+        self.llm_limits = LlmLimits(cfg.max_queued_llm, cfg.llm_tokens_per_min)
         self.ids = itertools.count(1)
         self.running = True
         self.started_at = time.time()
@@ -92,6 +94,7 @@ class Kernel(KernelCalls, AttachCalls):
         self.back.bind(self.cfg.endpoint("backend"))
         os.chmod(self.cfg.run_dir / "kernel.sock", 0o600)
         os.chmod(self.cfg.run_dir / "backend.sock", 0o600)
+        self.open_front_to_agents()
         self.tokens.write_root_file(self.cfg.run_dir)
         self.wake_r, self.wake_w = socket.socketpair()
         self.wake_r.setblocking(False)
@@ -104,6 +107,17 @@ class Kernel(KernelCalls, AttachCalls):
         for s in (self.front, self.back, self.zap):
             self.poller.register(s, zmq.POLLIN)
         self.poller.register(self.wake_r.fileno(), zmq.POLLIN)
+
+    def open_front_to_agents(self) -> None:
+        """With agent_uid, agents run as another user: they may reach kernel.sock (the group's
+        0710 on run/, 0660 on the socket; tokens still decide who they are), nothing else in run/."""
+        spawn_as = self.agent_user()
+        if not spawn_as:
+            return
+        os.chown(self.cfg.run_dir, -1, spawn_as["group"])
+        os.chmod(self.cfg.run_dir, 0o710)
+        os.chown(self.cfg.run_dir / "kernel.sock", -1, spawn_as["group"])
+        os.chmod(self.cfg.run_dir / "kernel.sock", 0o660)
 
     # ---- the loop -----------------------------------------------------------------------
     def serve(self) -> None:
@@ -162,6 +176,8 @@ class Kernel(KernelCalls, AttachCalls):
             self.admit(caller, row, sc)
             args = sc.check(msg.get("args"))
             target = self.check_access(caller, sc, args)
+            if row is not None:
+                self.check_limits(row, sc.name, args)
         except AiosError as exc:
             protocol.discard(msg.get("args") if isinstance(msg, dict) else None)
             name = msg.get("call") if isinstance(msg, dict) and isinstance(msg.get("call"), str) else "?"
@@ -205,6 +221,14 @@ class Kernel(KernelCalls, AttachCalls):
                 bucket = self.buckets[row.aid] = TokenBucket(self.cfg.syscall_rate, self.cfg.syscall_rate)
             if not bucket.take():
                 raise AiosError("EBUSY", f"agent {row.aid} is over its syscall rate of {self.cfg.syscall_rate:g}/s")
+
+    def check_limits(self, row, call: str, args: dict) -> None:
+        """An agent's own ceilings: quotas it may not lift, LLM requests it may not queue."""
+        if call in ("mem_alloc", "sto_alloc"):
+            check_alloc(call, args["size"], row.memory_quota or self.cfg.memory_quota,
+                        row.storage_quota or self.cfg.storage_quota)
+        elif call in LLM_CALLS:
+            self.llm_limits.admit(row.aid)  # counted until finish(); EBUSY over the limits
 
     def check_access(self, caller: Principal, sc: Syscall, args: dict) -> Any:
         """Resolve the call's target (another agent, or another name's storage) and check it."""
@@ -339,6 +363,8 @@ class Kernel(KernelCalls, AttachCalls):
             row = self.table.get(p.aid)
             if row is not None:
                 self.table.syscall_end(row, p.call in WAITING_CALLS)
+                if p.call in LLM_CALLS:
+                    self.llm_limits.done(p.aid)
             if p.call != "_audit":
                 self.audit.add({"t": time.time(), "aid": p.aid, "name": p.name, "call": p.call,
                                 "digest": p.args_digest, "code": code,
@@ -367,6 +393,7 @@ class Kernel(KernelCalls, AttachCalls):
             if row is not None:
                 row.tokens_in += int(msg.get("tokens_in", 0))
                 row.tokens_out += int(msg.get("tokens_out", 0))
+                self.llm_limits.charge(row.aid, int(msg.get("tokens_in", 0)) + int(msg.get("tokens_out", 0)))
                 row.queue_wait_s += float(msg.get("queue_wait_s", 0.0))
                 row.llm_requests += 1
 

@@ -15,6 +15,7 @@ import time
 from aiosd import crypto, protocol
 from aiosd.access import Principal
 from aiosd.errors import AiosError
+from aiosd.limits import check_child
 from aiosd.proctable import AgentRow, AgentState
 from aiosd.supervisor import MgrState, child_setup
 
@@ -173,14 +174,24 @@ class KernelCalls:
         if not name.replace("-", "").replace("_", "").replace(".", "").isalnum() or len(name) > 64:
             raise AiosError("EINVAL", "an agent name is letters, digits, '-', '_' and '.', at most 64")
         parent = self.table.get(caller.aid) if not caller.is_root else None
+        tools, mem_q, sto_q = args.get("tools"), args.get("memory_quota"), args.get("storage_quota")
+        if parent is not None:  # an agent gives a child no more than it has, and no one else's name
+            if sum(1 for r in self.table.alive() if r.parent == parent.aid) >= self.cfg.max_children:
+                raise AiosError("EBUSY", f"agent {parent.aid} already has {self.cfg.max_children} live children")
+            name, tools, mem_q, sto_q = check_child(
+                parent.name, parent.tools, (parent.memory_quota or self.cfg.memory_quota,
+                                            parent.storage_quota or self.cfg.storage_quota),
+                name, tools, mem_q, sto_q)
+            if len(name) > 64:
+                raise AiosError("EINVAL", f"the child's name '{name}' is longer than 64")
         priority = args.get("priority")
         if priority is None:
             priority = parent.priority if parent else 0
         if parent is not None and priority > parent.priority:
             raise AiosError("EPERM", "a child cannot have a higher priority than its parent")
         row = self.table.create(name, list(argv), parent=caller.aid, priority=priority)
-        for key in ("tools", "memory_quota", "storage_quota", "context_strategy"):
-            setattr(row, key, args.get(key))
+        row.tools, row.memory_quota, row.storage_quota = tools, mem_q, sto_q
+        row.context_strategy = args.get("context_strategy")
         token = self.tokens.issue(row.aid)
         env = {k: v for k, v in os.environ.items() if not k.startswith("AIOS_")}
         env.update(env_in)
@@ -199,7 +210,7 @@ class KernelCalls:
                 proc = subprocess.Popen(
                     argv, env=env, cwd=args.get("cwd") or None, stdin=subprocess.DEVNULL, stdout=out,
                     stderr=subprocess.STDOUT, close_fds=True,
-                    preexec_fn=child_setup(os.getpid(), pgroup=True, rlimits=limits))
+                    preexec_fn=child_setup(os.getpid(), pgroup=True, rlimits=limits), **self.agent_user())
         except (OSError, ValueError) as exc:
             row.status, row.exit_code, row.ended_at = AgentState.EXITED, 127, time.time()
             self.tokens.revoke(row.aid)
@@ -207,6 +218,22 @@ class KernelCalls:
         proc.returncode = 0  # the kernel reaps it with wait4; keep Popen from polling it later
         self.table.started(row, proc.pid)
         return {"aid": row.aid, "pid": proc.pid, "name": row.name, "log": str(log_path)}
+
+    def agent_user(self) -> dict:
+        """Popen arguments that drop an agent to cfg.agent_uid when aiosd runs as root: as
+        root an agent could signal the kernel, read run/root.token and master.key, and
+        RLIMIT_NPROC would not bind it."""
+        uid = self.cfg.agent_uid
+        if uid < 0 or os.geteuid() != 0 or uid == 0:
+            return {}
+        gid = self.cfg.agent_gid
+        if gid < 0:
+            try:
+                import pwd
+                gid = pwd.getpwuid(uid).pw_gid
+            except KeyError:
+                gid = uid
+        return {"user": uid, "group": gid, "extra_groups": []}
 
     def alive_row(self, aid: int, caller) -> AgentRow:
         row = self.row_of(aid, caller)
@@ -238,6 +265,7 @@ class KernelCalls:
         self.tokens.revoke(row.aid)
         self.rules.drop_owner(Principal(row.aid, row.name))
         self.buckets.pop(row.aid, None)
+        self.llm_limits.forget(row.aid)
         for ident in [i for i, a in self.impersonating.items() if a == row.aid]:
             del self.impersonating[ident]
         self.broadcast({"event": "agent_exit", "aid": row.aid, "name": row.name})
@@ -317,6 +345,7 @@ class KernelCalls:
             raise AiosError("EINVAL", "scheduler must be fifo, rr or priority")
         for key, value in clean.items():
             setattr(self.cfg, key, value)
+        self.llm_limits.tokens_per_min = self.cfg.llm_tokens_per_min
         self.broadcast({"event": "config", "settings": clean})
         return clean
 
