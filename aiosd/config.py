@@ -88,11 +88,6 @@ class Config:
     tool_timeout_s: float = 30.0      # a call's default wall-clock limit
     tool_nofile: int = 256            # RLIMIT_NOFILE of a tool call
 
-    # access manager and security (issue 8)
-    agent_uid: int = -1               # aiosd as root: run agents as this uid (-1: as aiosd's own)
-    agent_gid: int = -1               # and this gid (-1: the uid's primary group)
-    max_children: int = 32            # live agents one agent may have spawned (a kernel-side fork cap)
-
     @property
     def run_dir(self) -> Path:
         return self.home / "run"
