@@ -7,6 +7,7 @@ from __future__ import annotations
 import datetime as dt
 import os
 import urllib.parse
+from tokenize import TokenError
 from functools import lru_cache
 from typing import Any
 
@@ -99,7 +100,7 @@ def wolframalpha(args: dict, ctx: ToolContext) -> dict:
         return {"input": args["query"], "result": text, "source": "Wolfram|Alpha"}
     try:
         return symbolic(args.get("op", "evaluate"), args["query"], args.get("variable"))
-    except (SyntaxError, TypeError, ValueError, NotImplementedError, AttributeError) as exc:
+    except (SyntaxError, TypeError, ValueError, NotImplementedError, AttributeError, TokenError) as exc:
         raise AiosError("EINVAL", f"wolframalpha: cannot read '{args['query']}' as maths "
                                   f"({type(exc).__name__}: {exc})") from None
 

@@ -53,7 +53,8 @@ def mount(server: str, spec: dict) -> list[Tool]:
     tools = []
     for t in list_tools(spec):
         name = f"{server}.{t.name}" if spec.get("prefix") else t.name
-        schema = dict(t.inputSchema or {"type": "object", "properties": {}})
+        schema = dict(getattr(t, "input_schema", None) or getattr(t, "inputSchema", None)
+                      or {"type": "object", "properties": {}})
         mspec = {"server": server, "command": spec.get("command"), "env": spec.get("env") or {},
                  "cwd": spec.get("cwd"), "tool": t.name}
         tools.append(Tool(name, t.description or f"{t.name} (MCP server {server})", schema, _refuse,
@@ -72,10 +73,11 @@ def _content(result: Any) -> Any:
         if getattr(c, "type", "") == "text":
             parts.append(c.text)
         elif hasattr(c, "data"):
-            parts.append({"type": c.type, "data": c.data, "mime": getattr(c, "mimeType", None)})
+            mime = getattr(c, "mime_type", getattr(c, "mimeType", None))
+            parts.append({"type": c.type, "data": c.data, "mime": mime})
         else:
             parts.append(str(c))
-    structured = getattr(result, "structuredContent", None)
+    structured = getattr(result, "structured_content", getattr(result, "structuredContent", None))
     out: dict = {"text": "\n".join(p for p in parts if isinstance(p, str))}
     if structured is not None:
         out["structured"] = structured
@@ -92,6 +94,6 @@ def call(spec: dict, args: dict, timeout: float) -> Any:
         result = asyncio.run(asyncio.wait_for(_session(spec, work), timeout))
     except TimeoutError:
         raise AiosError("ETIMEDOUT", f"MCP tool {spec['tool']} did not answer within {timeout:g} s") from None
-    if getattr(result, "isError", False):
+    if getattr(result, "is_error", getattr(result, "isError", False)):
         raise AiosError("EIO", f"MCP tool {spec['tool']} failed: {_content(result).get('text', '')[:500]}")
     return _content(result)
