@@ -65,6 +65,7 @@ class AttachCalls:
         row.status = status or (AgentState.EXITED if code >= 0 else AgentState.KILLED)
         self.rules.drop_owner(Principal(row.aid, row.name))
         self.buckets.pop(row.aid, None)
+        self.llm_limits.forget(row.aid)
         # connections that act as this aid keep naming it, so their next call is refused
         # (EACCES: the agent has exited) instead of being served as root
         self.broadcast({"event": "agent_exit", "aid": row.aid, "name": row.name})
