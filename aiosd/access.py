@@ -9,7 +9,10 @@ resources to an aid, a name ("name:x"), a group ("group:g") or everyone ("*").
 
 from __future__ import annotations
 
+import os
+import stat
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiosd.errors import AiosError
 
@@ -125,3 +128,59 @@ class AccessRules:
         if not rights or any(c not in "rw" for c in rights):
             raise AiosError("EINVAL", "rights must be 'r', 'w' or 'rw'")
         return base, rights
+
+
+FILE_ARGS = ("db", "path", "file", "filename")  # arguments by which a tool reads a file
+
+
+def check_tool_path(path: object, home: str | os.PathLike, agent_uid: int = -1, agent_gid: int = -1) -> str:
+    """A file a tool is asked to read for an agent: its real path, or an AiosError.
+
+    The tool runs as the daemon's user, so it must not read what the agent could not:
+    nothing under AIOS_HOME (root.token, master.key, the LMDB, other agents' logs and
+    tool scratch), and with agent_uid only files that uid may read. Symlinks are resolved
+    first and the tool is handed the resolved path."""
+    if not isinstance(path, str) or not path or "\0" in path:
+        raise AiosError("EINVAL", "a file argument is a non-empty path without NUL bytes")
+    p = Path(path).expanduser()
+    if not p.is_absolute():
+        raise AiosError("EINVAL", f"file argument '{path}' must be an absolute path")
+    real = Path(os.path.realpath(p))
+    home_real = Path(os.path.realpath(home))
+    if real == home_real or home_real in real.parents:
+        raise AiosError("EACCES", f"'{path}' is inside the daemon's home; tools do not read it for agents")
+    ids = agent_ids(agent_uid, agent_gid)
+    if ids and not _readable_by(real, *ids):
+        raise AiosError("EACCES", f"'{path}' is not readable by the agents' uid {ids[0]}")
+    return str(real)
+
+
+def agent_ids(uid: int, gid: int = -1) -> tuple[int, int] | None:
+    """The (uid, gid) agents run as (config agent_uid/agent_gid), or None: as the daemon.
+    Only a daemon running as root can give its agents another uid."""
+    if uid <= 0 or os.geteuid() != 0:
+        return None
+    if gid < 0:
+        try:
+            import pwd
+            gid = pwd.getpwuid(uid).pw_gid
+        except KeyError:
+            gid = uid
+    return uid, gid
+
+
+def _readable_by(path: Path, uid: int, gid: int) -> bool:
+    """Would uid:gid (no supplementary groups) read path? Mode bits only, no ACLs."""
+    def can(p: Path, bit_u: int, bit_g: int, bit_o: int) -> bool:
+        try:
+            st = p.stat()
+        except OSError:
+            return True  # missing: the tool reports ENOENT itself
+        if st.st_uid == uid:
+            return bool(st.st_mode & bit_u)
+        if st.st_gid == gid:
+            return bool(st.st_mode & bit_g)
+        return bool(st.st_mode & bit_o)
+    if not all(can(d, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH) for d in path.parents):
+        return False
+    return can(path, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)

@@ -13,7 +13,7 @@ import signal
 import subprocess
 import time
 from aiosd import crypto, protocol
-from aiosd.access import Principal
+from aiosd.access import Principal, agent_ids
 from aiosd.errors import AiosError
 from aiosd.limits import check_child
 from aiosd.proctable import AgentRow, AgentState
@@ -223,16 +223,10 @@ class KernelCalls:
         """Popen arguments that drop an agent to cfg.agent_uid when aiosd runs as root: as
         root an agent could signal the kernel, read run/root.token and master.key, and
         RLIMIT_NPROC would not bind it."""
-        uid = self.cfg.agent_uid
-        if uid < 0 or os.geteuid() != 0 or uid == 0:
+        ids = agent_ids(self.cfg.agent_uid, self.cfg.agent_gid)
+        if ids is None:
             return {}
-        gid = self.cfg.agent_gid
-        if gid < 0:
-            try:
-                import pwd
-                gid = pwd.getpwuid(uid).pw_gid
-            except KeyError:
-                gid = uid
+        uid, gid = ids
         return {"user": uid, "group": gid, "extra_groups": []}
 
     def alive_row(self, aid: int, caller) -> AgentRow:
