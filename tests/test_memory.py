@@ -52,7 +52,8 @@ def test_isolation_eacces_until_granted(daemon):
 
 def test_quota_fail_policy_enomem(make_daemon):
     d = make_daemon(managers=["storage", "memory"], memory_policy="fail")
-    _, c = d.agent("mem-fail", memory_quota=2000)
+    _, c = d.agent("mem-fail", memory_quota=10000)  # the ceiling mem_alloc may raise to
+    c.syscall("mem_alloc", {"size": 2000})
     c.syscall("mem_write", {"content": "x" * 900})
     c.syscall("mem_write", {"content": "x" * 900})
     assert code_of(c.syscall, "mem_write", {"content": "x" * 900}) == "ENOMEM"
@@ -85,14 +86,14 @@ def test_search_finds_relevant_record(daemon):
 
 
 def test_memory_released_on_exit_and_persisted(daemon):
-    aid, c = daemon.agent("mem-exit", argv=[sys.executable, "-c", "import time; time.sleep(1.5)"])
+    aid, c = daemon.agent("mem-exit", argv=[sys.executable, "-c", "import time; time.sleep(3)"])
     c.syscall("mem_persist", {"on_exit": True})
     c.syscall("mem_write", {"content": "keep me"})
     daemon.root.syscall("wait_agent", {"aid": aid, "timeout": 30})
     key = f"persist:mem-exit:{aid}".encode()
     env = lmdb.open(str(daemon.home / "data" / "storage.lmdb"), readonly=True, lock=True, max_dbs=16)
     try:
-        deadline, raw = time.time() + 10, None
+        deadline, raw = time.time() + 30, None
         while raw is None and time.time() < deadline:
             with env.begin() as txn:
                 raw = txn.get(key, db=env.open_db(b"history", txn=txn, create=False))

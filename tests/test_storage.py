@@ -68,13 +68,15 @@ def test_namespaces_isolated_until_granted(daemon):
 
 
 def test_quota_enospc(daemon):
-    _, c = daemon.agent("sto-quota", storage_quota=1000)
+    _, c = daemon.agent("sto-quota", storage_quota=4000)  # the ceiling sto_alloc may raise to
+    c.syscall("sto_alloc", {"size": 1000})
     c.syscall("sto_write", {"path": "a", "data": b"x" * 600})
     assert code_of(c.syscall, "sto_write", {"path": "b", "data": b"x" * 600}) == "ENOSPC"
     assert c.syscall("sto_list", {})["paths"] == ["a"]
     c.syscall("sto_alloc", {"size": 4000})
     c.syscall("sto_write", {"path": "b", "data": b"x" * 600})
-    assert code_of(c.syscall, "sto_alloc", {"size": 10}) == "ENOSPC"
+    assert code_of(c.syscall, "sto_alloc", {"size": 10}) == "ENOSPC"  # below what it holds
+    assert code_of(c.syscall, "sto_alloc", {"size": 1 << 30}) == "ENOSPC"  # over the ceiling
 
 
 def test_large_file_through_shared_memory(daemon):
