@@ -440,7 +440,9 @@ class Kernel(KernelCalls, AttachCalls):
             self.sup.restart(m)
         now = time.time()
         for m in self.sup.procs.values():
-            if m.state == MgrState.RUNNING and m.ident is not None and now - m.last_seen > self.cfg.heartbeat_s:
+            # ping on a clock of our own: a manager that talks a lot must still hear from us
+            if m.state == MgrState.RUNNING and m.ident is not None and now - m.last_ping >= self.cfg.heartbeat_s:
+                m.last_ping = now
                 self.back.send_multipart([m.ident, protocol.pack({"hb": 1})])
         for m in self.sup.hung(max(10.0, self.cfg.heartbeat_s * self.cfg.heartbeat_liveness * 10)):
             log.error("manager %s stopped answering; killing it", m.name)

@@ -59,6 +59,7 @@ class ManagerProc:
     started_at: float = 0.0
     ready_at: float = 0.0
     last_seen: float = 0.0
+    last_ping: float = 0.0
     restarts: int = 0
     quick_deaths: int = 0
     retry_at: float = 0.0

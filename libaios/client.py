@@ -50,6 +50,7 @@ class Client:
         self.token = token
         self.endpoint = f"ipc://{self.home / 'run' / 'kernel.sock'}"
         self.timeout = timeout
+        self.acting_as: int | None = None  # root acting as an agent (set_aid)
         self._ctx = zmq.Context.instance()
         self._local = threading.local()
         self._ids = itertools.count(1)
@@ -67,14 +68,16 @@ class Client:
             self._local.sock = sock
             with self._lock:
                 self._socks.append(sock)
+            if self.acting_as:  # set_aid binds a connection; every thread's connection follows
+                self._call_on(sock, "set_aid", {"aid": self.acting_as}, self.timeout)
         return sock
 
-    def _send(self, name: str, args: dict | None) -> tuple[zmq.Socket, int]:
+    def _send(self, name: str, args: dict | None, sock: zmq.Socket | None = None) -> tuple[zmq.Socket, int]:
         if not (self.home / "run" / "kernel.sock").exists():
             raise Unavailable("EUNAVAIL", f"aiosd is not running on {self.home}")
         rid = next(self._ids)
         body = protocol.pack_msg({"id": rid, "call": name, "args": args or {}}, SHM_THRESHOLD)
-        sock = self._sock()
+        sock = sock or self._sock()
         sock.send(body, copy=False)
         return sock, rid
 
@@ -92,7 +95,13 @@ class Client:
     def syscall(self, name: str, args: dict | None = None, timeout: float | None = -1.0) -> Any:
         """Make one syscall and return its result, or raise its error."""
         timeout = self.timeout if timeout == -1.0 else timeout
-        sock, rid = self._send(name, args)
+        result = self._call_on(None, name, args, timeout)
+        if name == "set_aid":
+            self.acting_as = int(result) or None
+        return result
+
+    def _call_on(self, sock: zmq.Socket | None, name: str, args: dict | None, timeout: float | None) -> Any:
+        sock, rid = self._send(name, args, sock)
         while True:
             msg = self._recv(sock, rid, timeout)
             if "partial" in msg:
