@@ -53,6 +53,8 @@ def show_audit(args: argparse.Namespace) -> None:
     query = {"aid": args.aid, "call": args.call, "limit": args.n or 1000,
              "since": parse_since(args.since) if args.since else None}
     records = root_client(home_of(args), timeout=30).syscall("audit_query", query)
+    if isinstance(records, dict):  # audit_query answers {"records": [...]}
+        records = records.get("records") or []
     for r in records:
         if args.json:
             print(json.dumps(r))

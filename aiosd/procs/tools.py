@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
+from aiosd.access import FILE_ARGS, check_tool_path
 from aiosd.errors import AiosError
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
 from aiosd.tools import registry
@@ -58,6 +59,10 @@ class ToolsManager(Manager):
             raise AiosError("EACCES", f"tool '{name}' is not in the allowlist of {req.name}")
         tool = self.registry.get(name)
         args = registry.validate_args(tool, req.args.get("args"))
+        if tool.files and not req.ctx.get("is_root"):  # the tool reads as the daemon: not the agent's rights
+            for key in FILE_ARGS:
+                if isinstance(args.get(key), str):
+                    args[key] = check_tool_path(args[key], self.cfg.home, self.cfg.agent_uid, self.cfg.agent_gid)
         per = self.tools_cfg.get(name) if isinstance(self.tools_cfg.get(name), dict) else {}
         timeout = req.args.get("timeout") or float(per.get("timeout_s", self.cfg.tool_timeout_s))
         extra = {}

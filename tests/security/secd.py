@@ -84,13 +84,16 @@ def code_of(fn) -> str:
     return "OK"
 
 
-def audit_of(d: Daemon, aid: int, call: str | None = None, wait_s: float = 5.0, want: int = 1) -> list[dict]:
-    """Audit records of aid (as root); waits for the kernel's batch to reach storage."""
+def audit_of(d: Daemon, aid: int, call: str | None = None, wait_s: float = 5.0, want: int = 1,
+             until=None) -> list[dict]:
+    """Audit records of aid (as root); waits (for until(records), or for `want` of them)
+    since the kernel hands records to storage in batches."""
     t0 = time.monotonic()
     while True:
         res = d.root.syscall("audit_query", {"aid": aid, "call": call, "limit": 10000})
         recs = res["records"] if isinstance(res, dict) else res
-        if len(recs) >= want or time.monotonic() - t0 > wait_s:
+        done = until(recs) if until else len(recs) >= want
+        if done or time.monotonic() - t0 > wait_s:
             return recs
         time.sleep(0.05)
 
