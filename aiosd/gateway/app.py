@@ -110,8 +110,7 @@ class Gateway:
         while True:
             await asyncio.sleep(KEY_POLL_S)
             try:
-                if not self.keys.refresh():
-                    continue
+                # not only when the file changed here: a request may have reloaded it first
                 live = self.keys.active_hashes()
                 for s in [s for h, s in self.sessions.items() if h not in live]:
                     self.drop(s)

@@ -85,12 +85,6 @@ class GatewayManager(Manager):
         if not self.thread.is_alive():  # uvicorn gave up: exit, and let the kernel restart us
             log.error("gateway: the HTTP server stopped")
             self.stop()
-        now = time.monotonic()
-        if now - self._last_rx > 2 * self.cfg.heartbeat_s:
-            # the kernel pings only a manager it has not heard from lately, and an idle manager
-            # that keeps heartbeating on time is never pinged, then takes the silence for a dead
-            # kernel: skip our own beat so that the kernel's ping comes
-            self._last_hb = now
         return None
 
     def shutdown(self) -> None:
