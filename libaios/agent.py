@@ -86,6 +86,10 @@ class Agent:
     def tool(self, name: str, args: dict, *, timeout: float | None = 30.0) -> Any:
         result = self.sys.tool_call(name, args, timeout=timeout)
         self.log(f"tool {name} ok")
+        # the tools manager wraps results as {"tool", "untrusted": true, "content"}: the agent's
+        # code wants the content; the untrusted mark matters when it goes back to the model
+        if isinstance(result, dict) and result.get("untrusted") and "content" in result:
+            return result["content"]
         return result
 
     def log(self, message: str, level: str = "info") -> None:
