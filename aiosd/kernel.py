@@ -159,12 +159,12 @@ class Kernel(KernelCalls, AttachCalls):
         self.counters["requests"] += 1
         user = frames[-1].get("User-Id").encode() if len(frames) >= 2 else ANON
         if len(frames) != 2:
-            return self.reply_front(ident, None, error=("EPROTO", "a request is exactly one frame"))
+            return self.refuse_malformed(ident, user, t0, AiosError("EPROTO", "a request is exactly one frame"))
         body = frames[1].bytes
         try:
             msg = protocol.unpack(body, self.cfg.max_frame)
         except AiosError as exc:
-            return self.reply_front(ident, None, error=(exc.code, exc.message))
+            return self.refuse_malformed(ident, user, t0, exc)
         req_id = msg.get("id") if isinstance(msg, dict) else None
         if isinstance(req_id, (dict, list)) or (isinstance(req_id, (str, bytes)) and len(req_id) > 128):
             req_id = None
@@ -190,6 +190,11 @@ class Kernel(KernelCalls, AttachCalls):
             self.serve_kernel_call(ident, req_id, caller, row, sc, args, target, t0)
         else:
             self.forward(ident, req_id, caller, sc, args, target, t0)
+
+    def refuse_malformed(self, ident: bytes, user: bytes, t0: float, exc: AiosError) -> None:
+        """A frame that is not a request at all: answered, and audited like any attempt."""
+        self.audit.add(audit.record(self.aid_of(ident, user), "", "?", None, exc.code, time.perf_counter() - t0))
+        self.reply_front(ident, None, error=(exc.code, exc.message))
 
     def identify(self, ident: bytes, user: bytes) -> tuple[Principal, Any]:
         if user == b"root":

@@ -84,13 +84,13 @@ def code_of(fn) -> str:
     return "OK"
 
 
-def audit_of(d: Daemon, aid: int, call: str | None = None, wait_s: float = 5.0, want: int = 1,
-             until=None) -> list[dict]:
+def audit_of(d: Daemon, aid: int | None, call: str | None = None, wait_s: float = 5.0, want: int = 1,
+             until=None, name: str | None = None) -> list[dict]:
     """Audit records of aid (as root); waits (for until(records), or for `want` of them)
     since the kernel hands records to storage in batches."""
     t0 = time.monotonic()
     while True:
-        res = d.root.syscall("audit_query", {"aid": aid, "call": call, "limit": 10000})
+        res = d.root.syscall("audit_query", {"aid": aid, "name": name, "call": call, "limit": 10000})
         recs = res["records"] if isinstance(res, dict) else res
         done = until(recs) if until else len(recs) >= want
         if done or time.monotonic() - t0 > wait_s:
