@@ -1,0 +1,92 @@
+"""Which engine the llm worker runs: `--engine auto|transformers|llamacpp` (cfg.engine).
+
+- `auto`: llama.cpp when the model is a GGUF file (the default "smollm2" is one), no CUDA
+  device is wanted or present, and llama-cpp-python imports; transformers otherwise (a GPU, or
+  a Hugging Face model directory). A GGUF that falls back to transformers because
+  llama-cpp-python is missing gets one line in the log saying so.
+- `transformers`: aiosd.engine over the converted safetensors (aiosd.model.resolve).
+- `llamacpp`: aiosd.engine_llamacpp over the GGUF as it is; without llama-cpp-python, or with a
+  model that is not a GGUF, the worker fails its start with a one-line AiosError.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from typing import Any
+
+from aiosd.config import Config
+from aiosd.errors import AiosError
+from aiosd.model import source_of
+
+ENGINES = ("auto", "transformers", "llamacpp")
+log = logging.getLogger("aiosd")
+
+
+def is_gguf(cfg: Config) -> bool:
+    if cfg.model in ("", "smollm2", "default"):
+        return True
+    return str(cfg.model).endswith(".gguf") and os.path.isfile(os.path.expanduser(cfg.model))
+
+
+def llamacpp_available() -> bool:
+    if importlib.util.find_spec("llama_cpp") is None:
+        return False
+    try:
+        import llama_cpp  # noqa: F401 - a broken build fails here, not in the middle of a request
+    except Exception:  # noqa: BLE001 - any failure to load the shared library means "not available"
+        return False
+    return True
+
+
+def _cuda_wanted(cfg: Config) -> bool:
+    if cfg.device == "cuda":
+        return True
+    if cfg.device == "cpu":
+        return False
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def choose(cfg: Config) -> str:
+    """The engine cfg asks for, resolved: "transformers" or "llamacpp"."""
+    if cfg.engine not in ENGINES:
+        raise AiosError("EINVAL", f"unknown engine {cfg.engine!r}; one of {', '.join(ENGINES)}")
+    if cfg.engine == "llamacpp":
+        if not llamacpp_available():
+            raise AiosError("EUNAVAIL", "--engine llamacpp needs llama-cpp-python, which is not installed "
+                            "(pip install llama-cpp-python, or use --engine transformers)")
+        if not is_gguf(cfg):
+            raise AiosError("EINVAL", f"--engine llamacpp serves GGUF files; {cfg.model!r} is not one")
+        return "llamacpp"
+    if cfg.engine == "transformers":
+        return "transformers"
+    if not is_gguf(cfg) or _cuda_wanted(cfg):
+        return "transformers"
+    if not llamacpp_available():
+        log.warning("engine auto: llama-cpp-python is not installed; serving %s with transformers", cfg.model)
+        return "transformers"
+    return "llamacpp"
+
+
+def make_engine(cfg: Config) -> Any:
+    """The engine for cfg (aiosd.engine.Engine or aiosd.engine_llamacpp.LlamaCppEngine)."""
+    kind = choose(cfg)
+    if kind == "llamacpp":
+        from aiosd.engine_llamacpp import LlamaCppEngine
+
+        eng = LlamaCppEngine(source_of(cfg.model), n_seq_max=cfg.max_batch, n_ctx_seq=cfg.context_window,
+                             n_threads=cfg.torch_threads or os.cpu_count(),
+                             max_batch_tokens=cfg.max_batch_tokens)
+    else:
+        from aiosd.engine import Engine
+        from aiosd.model import resolve
+
+        eng = Engine(resolve(cfg), device=cfg.device, dtype=cfg.dtype)
+    eng.kind = kind
+    log.info("engine %s serving %s", kind, cfg.model)
+    return eng
