@@ -184,3 +184,24 @@ def _readable_by(path: Path, uid: int, gid: int) -> bool:
     if not all(can(d, stat.S_IXUSR, stat.S_IXGRP, stat.S_IXOTH) for d in path.parents):
         return False
     return can(path, stat.S_IRUSR, stat.S_IRGRP, stat.S_IROTH)
+
+
+def drop_foreign_refs(obj: object, uid: int) -> bool:
+    """Replace, in place, every shared-memory reference in obj whose segment is not owned by
+    uid; say whether there was one. An agent under agent_uid would otherwise have the kernel's
+    managers (root) read, or unlink, a segment of root's that it saw in /dev/shm."""
+    from aiosd.protocol import ShmRef
+    found = False
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else ()
+    for key, value in list(items):
+        if isinstance(value, ShmRef):
+            try:
+                mine = os.stat(value.path()).st_uid == uid
+            except OSError:
+                mine = True  # gone: resolving it fails on its own, and there is nothing to steal
+            if not mine:
+                obj[key] = None
+                found = True
+        elif isinstance(value, (dict, list)):
+            found = drop_foreign_refs(value, uid) or found
+    return found

@@ -24,7 +24,7 @@ from typing import Any
 import zmq
 
 from aiosd import audit, protocol
-from aiosd.access import ROOT, AccessRules, Principal
+from aiosd.access import ROOT, AccessRules, Principal, drop_foreign_refs
 from aiosd.auth import ANON, ZAP_ENDPOINT, TokenStore, answer_zap
 from aiosd.config import Config, load
 from aiosd.errors import AiosError
@@ -162,7 +162,7 @@ class Kernel(KernelCalls, AttachCalls):
             return self.refuse_malformed(ident, user, t0, AiosError("EPROTO", "a request is exactly one frame"))
         body = frames[1].bytes
         try:
-            msg = protocol.unpack(body, self.cfg.max_frame)
+            msg, refs = protocol.unpack_refs(body, self.cfg.max_frame)
         except AiosError as exc:
             return self.refuse_malformed(ident, user, t0, exc)
         req_id = msg.get("id") if isinstance(msg, dict) else None
@@ -172,6 +172,8 @@ class Kernel(KernelCalls, AttachCalls):
             if not isinstance(msg, dict) or "call" not in msg:
                 raise AiosError("EPROTO", "a request is a map with 'id', 'call' and 'args'")
             caller, row = self.identify(ident, user)
+            if refs and user.startswith(b"aid:") and self.agent_user():
+                self.check_refs(msg)
             sc = SYSCALLS.lookup(msg["call"])
             self.admit(caller, row, sc)
             args = sc.check(msg.get("args"))
@@ -226,6 +228,10 @@ class Kernel(KernelCalls, AttachCalls):
                 bucket = self.buckets[row.aid] = TokenBucket(self.cfg.syscall_rate, self.cfg.syscall_rate)
             if not bucket.take():
                 raise AiosError("EBUSY", f"agent {row.aid} is over its syscall rate of {self.cfg.syscall_rate:g}/s")
+
+    def check_refs(self, msg: dict) -> None:
+        if drop_foreign_refs(msg.get("args"), self.agent_user()["user"]):
+            raise AiosError("EACCES", "a shared-memory payload in this request is not the caller's")
 
     def check_limits(self, row, call: str, args: dict) -> None:
         """An agent's own ceilings: quotas it may not lift, LLM requests it may not queue."""

@@ -177,8 +177,19 @@ try:
     open(os.path.join(home, "run", "root.token")).read(); out["root_token"] = "READ"
 except PermissionError:
     out["root_token"] = "EACCES"
-import libaios
-out["aid"] = libaios.syscall("get_aid")
+import libaios, msgpack, zmq
+c = libaios.connect()
+out["aid"] = c.syscall("get_aid")
+# its own big payload goes through a segment it owns: served
+out["own_shm"] = c.syscall("sto_write", {"path": "big", "data": b"x" * (100 << 10)})["version"]
+# a reference to a segment of root's (its name is visible in /dev/shm): refused, left alone
+s = zmq.Context.instance().socket(zmq.DEALER)
+s.setsockopt_string(zmq.PLAIN_USERNAME, os.environ["AIOS_AID"])
+s.setsockopt_string(zmq.PLAIN_PASSWORD, os.environ["AIOS_TOKEN"])
+s.connect(f"ipc://{home}/run/kernel.sock")
+ref = msgpack.ExtType(1, msgpack.packb([sys.argv[3], int(sys.argv[4])]))
+s.send(msgpack.packb({"id": 1, "call": "sto_write", "args": {"path": "stolen", "data": ref}}))
+out["foreign_shm"] = msgpack.unpackb(s.recv(), raw=False)["error"]["code"] if s.poll(10000) else "none"
 kids = 0
 try:
     for _ in range(200):
@@ -195,7 +206,7 @@ print("RESULT", json.dumps(out), flush=True)
 @pytest.mark.skipif(os.geteuid() != 0, reason="agent_uid applies only when aiosd runs as root")
 def test_agents_under_agent_uid_cannot_touch_the_kernel(make_daemon):
     nobody = 65534
-    d = make_daemon(start=False, agent_uid=nobody, rlimit_nproc=16, **NO_MANAGERS)
+    d = make_daemon(start=False, agent_uid=nobody, rlimit_nproc=16, managers="storage")
     os.chmod(d.home, 0o711)  # the agents' uid must reach run/kernel.sock, and nothing else
     d.start()
     kernel = d.pid()
@@ -206,8 +217,10 @@ def test_agents_under_agent_uid_cannot_touch_the_kernel(make_daemon):
         pytest.skip(f"no {python} that another uid can run")
     site = sysconfig.get_paths()["purelib"]
     env = {"PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[2]), site])}
-    aid = d.root.syscall("spawn_agent", {"argv": [python, "-c", UNPRIVILEGED, str(kernel), str(d.home)],
-                                         "name": "unpriv", "env": env, "cwd": "/"})["aid"]
+    from aiosd import protocol
+    secret = protocol.shm_put(b"root's in-flight payload")  # as a reply to another agent would be
+    argv = [python, "-c", UNPRIVILEGED, str(kernel), str(d.home), secret.name, str(secret.size)]
+    aid = d.root.syscall("spawn_agent", {"argv": argv, "name": "unpriv", "env": env, "cwd": "/"})["aid"]
     row = d.root.syscall("wait_agent", {"aid": aid, "timeout": 60})
     log = agent_log(d, aid)
     assert "RESULT" in log, log
@@ -217,6 +230,9 @@ def test_agents_under_agent_uid_cannot_touch_the_kernel(make_daemon):
     assert out["root_token"] == "EACCES"
     assert out["aid"] == aid                       # it still talks to the kernel with its token
     assert out["forked"] < 16 and out["fork_error"] == 11, out  # EAGAIN: RLIMIT_NPROC binds
+    assert out["own_shm"] == 1 and out["foreign_shm"] == "EACCES", out
+    assert protocol.shm_take(secret) == b"root's in-flight payload"     # still there, unread
+    assert code_of(lambda: d.root.syscall("sto_read", {"path": "stolen", "owner": "unpriv"})) == "ENOENT"
     assert row["exit_code"] == 0 and alive(kernel)
     assert d.root.syscall("get_aid") == 0
     # and as root (no agent_uid) the same agent could: that is why the option exists
