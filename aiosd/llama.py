@@ -1,0 +1,144 @@
+"""Our own forward pass of the Llama architecture (SmolLM2 is one) in plain torch.
+
+Why not transformers' model: the worker needs per-request KV caches it owns (a snapshot is a
+copy of a tensor slice, preemption keeps the tensor), and a request's numerics must not depend
+on what else is in the batch. One call runs a *flat* batch: the tokens of several requests
+concatenated; the linear layers (the FLOPs) run over all rows at once, attention runs per
+request over that request's own cache.
+
+Batch invariance: BLAS picks different kernels for small row counts (on MKL/AVX2 a row's result
+differs when M is 1-3, 5-7 or 9-11), so `min_rows` is probed once at load and every matmul is
+padded to at least that many rows. Past it, a row's result is the same whatever the other rows
+are, which is what makes greedy output token-identical solo and batched.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+
+class Llama:
+    def __init__(self, model_dir: Path, device: str = "cpu", dtype: torch.dtype = torch.float32,
+                 min_rows: int = -1):
+        cfg = json.loads((Path(model_dir) / "config.json").read_text())
+        if cfg.get("model_type") not in ("llama", "mistral", "smollm3", None):
+            raise ValueError(f"unsupported architecture {cfg.get('model_type')}")
+        self.config = cfg
+        self.device, self.dtype = torch.device(device), dtype
+        self.n_layers = cfg["num_hidden_layers"]
+        self.n_heads = cfg["num_attention_heads"]
+        self.n_kv = cfg.get("num_key_value_heads", self.n_heads)
+        self.hidden = cfg["hidden_size"]
+        self.head_dim = cfg.get("head_dim") or self.hidden // self.n_heads
+        self.eps = float(cfg.get("rms_norm_eps", 1e-5))
+        self.max_pos = int(cfg.get("max_position_embeddings", 2048))
+        rope = cfg.get("rope_parameters") or cfg.get("rope_scaling") or {}
+        theta = float(rope.get("rope_theta", cfg.get("rope_theta", 10000.0)))
+        sd = {}
+        for f in sorted(Path(model_dir).glob("*.safetensors")):
+            sd.update(load_file(str(f)))
+        w = {k.removeprefix("model."): v.to(device=self.device, dtype=dtype) for k, v in sd.items()}
+        self.embed = w["embed_tokens.weight"]
+        self.lm_head = w.get("lm_head.weight", self.embed) if not cfg.get("tie_word_embeddings") else self.embed
+        self.norm = w["norm.weight"]
+        self.layers = []
+        for i in range(self.n_layers):
+            p = f"layers.{i}."
+            # fused projections: fewer, larger matmuls
+            # (x @ w.t() multiplies by the stored [out, in] matrix without copying it)
+            qkv = torch.cat([w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"],
+                             w[p + "self_attn.v_proj.weight"]]).t()
+            gate_up = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]]).t()
+            self.layers.append((w[p + "input_layernorm.weight"], qkv, w[p + "self_attn.o_proj.weight"].t(),
+                                w[p + "post_attention_layernorm.weight"], gate_up,
+                                w[p + "mlp.down_proj.weight"].t()))
+        inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
+        ang = torch.outer(torch.arange(self.max_pos, dtype=torch.float64), inv)
+        ang = torch.cat([ang, ang], dim=-1)
+        self.cos = ang.cos().to(self.device, dtype)
+        self.sin = ang.sin().to(self.device, dtype)
+        self.min_rows = probe_min_rows(self.layers[0][4], self.layers[0][5],
+                                                                        self.lm_head.t()) if min_rows < 0 else min_rows
+
+    def new_cache(self, capacity: int) -> torch.Tensor:
+        """One tensor per request: [layers, 2 (K, V), kv_heads, capacity, head_dim]."""
+        return torch.zeros(self.n_layers, 2, self.n_kv, capacity, self.head_dim,
+                           device=self.device, dtype=self.dtype)
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] >= self.min_rows:
+            return x
+        return torch.cat([x, x.new_zeros(self.min_rows - x.shape[0], x.shape[1])])
+
+    def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
+
+    def _rope(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+        half = x.shape[-1] // 2
+        rot = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+        return x * cos + rot * sin
+
+    @torch.inference_mode()
+    def forward(self, segments: list[tuple[torch.Tensor, list[int], int]]) -> torch.Tensor:
+        """segments: (cache, token ids, start position) per request; the tokens' K/V are written
+        into the cache at start..start+n. Returns the logits of each segment's last token."""
+        ids = [t for _, toks, _ in segments for t in toks]
+        n = len(ids)
+        x = self.embed[torch.tensor(ids, device=self.device)]
+        pos = torch.cat([torch.arange(s, s + len(t)) for _, t, s in segments]).to(self.device)
+        cos, sin = self.cos[pos][:, None, :], self.sin[pos][:, None, :]
+        bounds, off = [], 0
+        for cache, toks, start in segments:
+            bounds.append((off, len(toks), start, cache))
+            off += len(toks)
+        H, KV, D = self.n_heads, self.n_kv, self.head_dim
+        g = H // KV
+        scale = D ** -0.5
+        for li, (ln1, qkv_w, o_w, ln2, gu_w, down_w) in enumerate(self.layers):
+            h = (self._pad(self._rms(x, ln1)) @ qkv_w)[:n]
+            q = self._rope(h[:, :H * D].view(n, H, D), cos, sin)
+            k = self._rope(h[:, H * D:(H + KV) * D].view(n, KV, D), cos, sin)
+            v = h[:, (H + KV) * D:].view(n, KV, D)
+            out = torch.empty(n, H, D, device=self.device, dtype=self.dtype)
+            for o, m, start, cache in bounds:
+                kc, vc = cache[li, 0], cache[li, 1]
+                kc[:, start:start + m] = k[o:o + m].transpose(0, 1)
+                vc[:, start:start + m] = v[o:o + m].transpose(0, 1)
+                end = start + m
+                # [KV, g*m, D]: the query heads that share one kv head, in one bmm
+                qs = q[o:o + m].view(m, KV, g, D).permute(1, 2, 0, 3).reshape(KV, g * m, D)
+                att = (qs @ kc[:, :end].transpose(1, 2)) * scale
+                if m > 1:
+                    causal = torch.arange(end, device=self.device)[None, :] > \
+                        torch.arange(start, end, device=self.device)[:, None]
+                    att = att.view(KV, g, m, end).masked_fill(causal, float("-inf")).view(KV, g * m, end)
+                y = torch.softmax(att, dim=-1) @ vc[:, :end]
+                out[o:o + m] = y.view(KV, g, m, D).permute(2, 0, 1, 3).reshape(m, H, D)
+            x = x + (self._pad(out.view(n, H * D)) @ o_w)[:n]
+            gu = (self._pad(self._rms(x, ln2)) @ gu_w)[:n]
+            gate, up = gu.chunk(2, dim=-1)
+            x = x + (self._pad(F.silu(gate) * up) @ down_w)[:n]
+        last = torch.tensor([o + m - 1 for o, m, _, _ in bounds], device=self.device)
+        xl = self._rms(x[last], self.norm)
+        return (self._pad(xl) @ self.lm_head.t())[:len(segments)].float()
+
+
+def probe_min_rows(*weights: torch.Tensor, limit: int = 20) -> int:
+    """The least row count from which a row's matmul result no longer depends on the others."""
+    gen = torch.Generator(device="cpu").manual_seed(1234)
+    for w in weights:
+        if w.device.type != "cpu":
+            return 1  # measured on CPU only; a GPU backend must bring its own guarantee
+    best = 1
+    for w in weights:
+        x = torch.randn(limit, w.shape[0], generator=gen).to(w.dtype)
+        # reference rows from two 16-row products (limit is 17..32)
+        ref = torch.cat([x[:16] @ w, (x[limit - 16:] @ w)[32 - limit:]])
+        bad = [m for m in (*range(1, 17), limit) if not torch.equal(x[:m] @ w, ref[:m])]
+        best = max(best, (max(bad) + 1) if bad else 1)
+    return best
