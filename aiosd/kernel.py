@@ -72,6 +72,8 @@ class Kernel(KernelCalls, AttachCalls):
         self.impersonating: dict[bytes, int] = {}
         self.buckets: dict[int, TokenBucket] = {}
         self.llm_limits = LlmLimits(cfg.max_queued_llm, cfg.llm_tokens_per_min)
+        self.refusal_buckets: dict[int, TokenBucket] = {}
+        self.refusals_counted: dict[int, int] = {}
         self.ids = itertools.count(1)
         self.running = True
         self.started_at = time.time()
@@ -183,8 +185,7 @@ class Kernel(KernelCalls, AttachCalls):
         except AiosError as exc:
             protocol.discard(msg.get("args") if isinstance(msg, dict) else None)
             name = msg.get("call") if isinstance(msg, dict) and isinstance(msg.get("call"), str) else "?"
-            self.audit.add(audit.record(self.aid_of(ident, user), "", name[:64], None, exc.code,
-                                        time.perf_counter() - t0))
+            self.audit_refused(self.aid_of(ident, user), name[:64], exc.code, t0)
             return self.reply_front(ident, req_id, error=(exc.code, exc.message))
         if row is not None:
             self.table.syscall_begin(row, sc.name in WAITING_CALLS)
@@ -195,8 +196,23 @@ class Kernel(KernelCalls, AttachCalls):
 
     def refuse_malformed(self, ident: bytes, user: bytes, t0: float, exc: AiosError) -> None:
         """A frame that is not a request at all: answered, and audited like any attempt."""
-        self.audit.add(audit.record(self.aid_of(ident, user), "", "?", None, exc.code, time.perf_counter() - t0))
+        self.audit_refused(self.aid_of(ident, user), "?", exc.code, t0)
         self.reply_front(ident, None, error=(exc.code, exc.message))
+
+    def audit_refused(self, aid: int, call: str, code: str, t0: float) -> None:
+        """Audit a request refused before admission. A flood of refusals (EBUSY over the rate,
+        garbage, a wrong token) would fill the disk one record each: past 100 a second per
+        caller they are counted, and the caller's next recorded refusal carries the count."""
+        bucket = self.refusal_buckets.get(aid)
+        if bucket is None:
+            bucket = self.refusal_buckets[aid] = TokenBucket(100.0, 200.0)
+        if not bucket.take():
+            self.refusals_counted[aid] = self.refusals_counted.get(aid, 0) + 1
+            self.counters["refusals_counted"] = self.counters.get("refusals_counted", 0) + 1
+            return
+        n = self.refusals_counted.pop(aid, 0)
+        note = f"{n} earlier refused requests of this caller counted, not recorded one by one" if n else ""
+        self.audit.add(audit.record(aid, "", call, None, code, time.perf_counter() - t0, note))
 
     def identify(self, ident: bytes, user: bytes) -> tuple[Principal, Any]:
         if user == b"root":

@@ -59,7 +59,7 @@ def latencies(client, n: int) -> list[float]:
 
 
 def test_syscall_flood_gets_ebusy_and_others_keep_their_latency(make_daemon, tmp_path):
-    d = make_daemon(syscall_rate=500.0, **NO_MANAGERS)
+    d = make_daemon(syscall_rate=500.0, managers="storage")
     _, _, victim = token_agent(d, "victim", tmp_path)
     latencies(victim, 20)  # warm
     unloaded = statistics.median(latencies(victim, 150))
@@ -77,6 +77,12 @@ def test_syscall_flood_gets_ebusy_and_others_keep_their_latency(make_daemon, tmp
     assert ok <= 500 * 5 + 500 + 100                # about its rate times the seconds, plus the burst
     assert loaded <= 2 * unloaded + 0.0005, (unloaded, loaded)  # 0.5 ms of slack for a 2-core box
     assert victim.syscall("get_aid") > 0
+    # the refusals are on record, summarised: not one audit record per EBUSY
+    victim.syscall("get_status", {"aid": flood})
+    recs = d.root.syscall("audit_query", {"aid": flood, "limit": 100000})["records"]
+    refused = [r for r in recs if r["code"] == "EBUSY"]
+    assert 0 < len(refused) < busy / 2, (len(refused), busy)
+    assert any("counted" in r.get("note", "") for r in refused)
 
 
 GRANDCHILDREN = """
