@@ -49,8 +49,11 @@ class LlmLimits:
             self.inflight.pop(aid, None)
 
     def charge(self, aid: int, tokens: int) -> None:
-        if tokens > 0 and self.tokens_per_min > 0:
+        """Record usage even with no budget set, so that a budget set at run time (sys_set)
+        counts the last minute; used() drops what left the window, so this stays small."""
+        if tokens > 0:
             self.spent.setdefault(aid, deque()).append((self.clock(), int(tokens)))
+            self.used(aid)
 
     def used(self, aid: int) -> int:
         q = self.spent.get(aid)

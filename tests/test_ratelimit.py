@@ -77,12 +77,16 @@ def test_token_budget_sliding_minute():
     assert lim.used(1) == 0 and 1 not in lim.inflight
 
 
-def test_no_budget_means_no_bookkeeping():
-    lim = LlmLimits(max_queued=0, tokens_per_min=0)
+def test_no_budget_admits_all_and_a_budget_set_later_counts_the_last_minute():
+    clk = Clock()
+    lim = LlmLimits(max_queued=0, tokens_per_min=0, clock=clk)
     for _ in range(1000):
         lim.admit(1)
         lim.charge(1, 10_000)
-    assert not lim.spent
+        clk.t += 1.0
+    assert len(lim.spent[1]) <= 61          # only the last minute is kept
+    lim.tokens_per_min = 100                # sys_set llm_tokens_per_min=100
+    assert busy(lambda: lim.admit(1)) == "EBUSY"
 
 
 def test_alloc_ceiling():

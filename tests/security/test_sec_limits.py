@@ -144,7 +144,7 @@ def test_unbounded_allocation_is_stopped_by_rlimit_as(make_daemon, tmp_path):
 
 def test_llm_flood_is_capped_per_agent(make_daemon, tmp_path):
     try:
-        d = make_daemon(managers="llm", max_queued_llm=2)
+        d = make_daemon(managers="llm", max_queued_llm=2, llm_tokens_per_min=1)
     except RuntimeError as exc:
         pytest.skip(f"no llm worker here ({str(exc)[:120]}); max_queued_llm is unit-tested")
     states = {m["name"]: m["state"] for m in d.root.syscall("sys_status")["managers"]}
@@ -163,10 +163,11 @@ def test_llm_flood_is_capped_per_agent(make_daemon, tmp_path):
             replies[r["id"]] = r
     codes = [("OK" if replies[i]["ok"] else replies[i]["error"]["code"]) for i in range(6)]
     assert codes.count("EBUSY") == 4 and codes[:2] == ["OK", "OK"], codes
-    d.root.syscall("sys_set", {"settings": {"llm_tokens_per_min": 1}})
+    # the two served ones spent the budget of 1 token a minute: the next is refused for it
     s.send(pack({"id": 9, "call": "llm_chat", "args": msg}))
     assert s.poll(30_000)
-    assert msgpack.unpackb(s.recv(), raw=False)["error"]["code"] == "EBUSY"
+    err = msgpack.unpackb(s.recv(), raw=False)["error"]
+    assert err["code"] == "EBUSY" and "tokens" in err["message"], err
     s.close()
 
 
