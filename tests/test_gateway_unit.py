@@ -125,6 +125,7 @@ def test_completion_and_chunks_out():
     assert tc["type"] == "function" and json.loads(tc["function"]["arguments"]) == {"expression": "2+2"}
     assert shapes.delta_of("ab") == ("ab", None) and shapes.delta_of({"delta": "c"}) == ("c", None)
     assert shapes.delta_of({"text": "x", "finish_reason": "stop"})[1] is not None
+    assert shapes.unsent("abc", "ab") == "c" and shapes.unsent("abc", "") == "abc" and shapes.unsent("x", "yz") == ""
     chunk = shapes.chunk_out("id", 1, "m", {}, usage={"total_tokens": 1}, choices=False)
     assert chunk["choices"] == [] and chunk["usage"] == {"total_tokens": 1}
 

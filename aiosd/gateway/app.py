@@ -177,6 +177,7 @@ async def stream_chat(gw: Gateway, rec: KeyRecord, args: dict, meta: dict) -> Re
         yield sse(shapes.chunk_out(cid, created, model, {"role": "assistant", "content": ""}))
         done, item = head
         final: dict = {}
+        sent: list[str] = []
         try:
             while True:
                 if done:
@@ -186,12 +187,16 @@ async def stream_chat(gw: Gateway, rec: KeyRecord, args: dict, meta: dict) -> Re
                 if last is not None:
                     final = last
                 elif text:
+                    sent.append(text)
                     yield sse(shapes.chunk_out(cid, created, model, {"content": text}))
                 done, item = await it.__anext__()
         except AiosError as exc:
             yield sse(shapes.error_response(exc.code, exc.message)[1])
             yield "data: [DONE]\n\n"
             return
+        rest = shapes.unsent(final.get("text") or "", "".join(sent))
+        if rest:  # text the worker returned without streaming it
+            yield sse(shapes.chunk_out(cid, created, model, {"content": rest}))
         calls = shapes.tool_calls_out(final.get("tool_calls"))
         if calls:
             yield sse(shapes.chunk_out(cid, created, model, {"tool_calls": calls}))

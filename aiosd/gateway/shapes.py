@@ -210,3 +210,8 @@ def delta_of(chunk: Any) -> tuple[str, dict | None]:
             return "", chunk
         return str(chunk.get("delta") or chunk.get("text") or ""), None
     return "", None
+
+
+def unsent(final_text: str, streamed: str) -> str:
+    """What of the final text the stream has not carried (all of it, if nothing was streamed)."""
+    return final_text[len(streamed):] if final_text.startswith(streamed) else ""
