@@ -48,7 +48,8 @@ class LSeq(Seq):
 
 class LlamaCppEngine:
     def __init__(self, model_path: Path | str, n_seq_max: int = 32, n_ctx_seq: int = 2048,
-                 n_threads: int | None = None, max_batch_tokens: int = 512, quiet: bool = True):
+                 n_threads: int | None = None, max_batch_tokens: int = 512,
+                 flash_attn: bool = False, quiet: bool = True):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise AiosError("ENOENT", f"GGUF model {self.model_path} not found")
@@ -74,6 +75,8 @@ class LlamaCppEngine:
         threads = int(n_threads or os.cpu_count() or 1)
         cp.n_threads = cp.n_threads_batch = threads
         cp.kv_unified = False
+        # as llama-cpp-python's Llama: on a CPU the fused kernel buys nothing for a model this small
+        cp.flash_attn_type = L.LLAMA_FLASH_ATTN_TYPE_ENABLED if flash_attn else L.LLAMA_FLASH_ATTN_TYPE_DISABLED
         cp.no_perf = True
         self.ctx = L.llama_init_from_model(self.model, cp)
         if not self.ctx:
