@@ -1,0 +1,98 @@
+"""The llm worker through a real daemon: llm_chat, streaming, bad input, events, consistency."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from libaios.client import AiosError
+
+Q = [{"role": "user", "content": "What is the capital of France?"}]
+
+
+def chat(client, content: str = "", **kw):
+    msgs = [{"role": "user", "content": content}] if content else Q
+    return client.syscall("llm_chat", {"messages": msgs, "max_tokens": kw.pop("max_tokens", 12), **kw},
+                          timeout=kw.pop("timeout", 300))
+
+
+def test_llm_chat_reply_shape(daemon):
+    r = chat(daemon.root)
+    assert r["text"].strip()
+    assert r["finish_reason"] in ("stop", "length")
+    assert r["usage"]["prompt_tokens"] > 5 and 0 < r["usage"]["completion_tokens"] <= 12
+    t = r["timings"]
+    assert 0 <= t["queued_s"] <= t["first_token_s"] <= t["total_s"]
+    assert r["tool_calls"] == [] and r["context"]["strategy_applied"] is None
+
+
+def test_stream_partials_add_up_to_the_text(daemon):
+    pieces = [c.get("text", "") for c in daemon.root.stream("llm_chat", {"messages": Q, "max_tokens": 12,
+                                                                          "stream": True})]
+    whole = chat(daemon.root)
+    assert "".join(pieces).strip() == whole["text"].strip()
+
+
+def test_stop_strings_cut_the_text(daemon):
+    full = chat(daemon.root, max_tokens=16)["text"]
+    word = full.split()[1]
+    r = chat(daemon.root, max_tokens=16, stop=[word])
+    assert r["text"] == full[:full.find(word)] and r["finish_reason"] == "stop"
+
+
+BAD = [
+    ({"messages": []}, "non-empty"),
+    ({"messages": "hi"}, ""),
+    ({"messages": [{"role": "wizard", "content": "x"}]}, "role"),
+    ({"messages": [{"role": "user", "content": 3}]}, "content"),
+    ({"messages": Q, "max_tokens": 0}, ""),
+    ({"messages": Q, "max_tokens": 10**6}, ""),
+    ({"messages": Q, "temperature": float("nan")}, ""),
+    ({"messages": [{"role": "user", "content": "word " * 5000}]}, "window"),
+]
+
+
+def test_bad_input_is_einval_and_the_worker_lives_on(daemon):
+    pid = daemon.manager_pid("llm")
+    for args, why in BAD:
+        with pytest.raises(AiosError) as e:
+            daemon.root.syscall("llm_chat", args, timeout=60)
+        assert e.value.code == "EINVAL" and why in e.value.message, args
+    assert chat(daemon.root, max_tokens=4)["text"]
+    assert daemon.manager_pid("llm") == pid
+
+
+def test_usage_is_charged_to_the_agent(daemon):
+    aid, cl = daemon.agent("counter")
+    r = chat(cl, max_tokens=6)
+    row = daemon.root.syscall("get_status", {"aid": aid})
+    assert row["tokens_in"] >= r["usage"]["prompt_tokens"] and row["tokens_out"] >= r["usage"]["completion_tokens"]
+
+
+PROMPTS = [f"Give me one short fact about the number {i}." for i in range(16)]
+
+
+def _concurrent(d, prompts, max_tokens):
+    out: dict[int, str] = {}
+
+    def one(i):
+        out[i] = chat(d.root, prompts[i], max_tokens=max_tokens)["text"]
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("engine", ["transformers", "auto"])
+def test_solo_equals_16_concurrent_under_every_policy(make_daemon, engine):
+    """Paper Table 4, exact: greedy text is the same alone and among 16, under fifo, rr (preempting), priority."""
+    d = make_daemon(engine=engine, scheduler="rr", quantum=4, max_batch=4, torch_threads=1)
+    n = 10
+    solo = {i: chat(d.root, PROMPTS[i], max_tokens=n)["text"] for i in range(len(PROMPTS))}
+    for policy in ("fifo", "rr", "priority"):
+        d.root.syscall("sys_set", {"settings": {"scheduler": policy, "quantum": 4}})
+        assert _concurrent(d, PROMPTS, n) == solo, policy
