@@ -18,19 +18,20 @@ import signal
 import socket
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
 import zmq
 
 from aiosd import audit, protocol
-from aiosd.access import ROOT, AccessRules, Principal, drop_foreign_refs
+from aiosd.access import AccessRules, Principal
 from aiosd.auth import ANON, ZAP_ENDPOINT, TokenStore, answer_zap
 from aiosd.config import Config, load
 from aiosd.errors import AiosError
+from aiosd.gate import Gate
 from aiosd.kernel_attach import AttachCalls
 from aiosd.kernel_calls import KernelCalls
-from aiosd.limits import LLM_CALLS, LlmLimits, check_alloc
+from aiosd.kernel_link import ManagerLink, Pending
+from aiosd.limits import LLM_CALLS, LlmLimits
 from aiosd.proctable import ProcessTable
 from aiosd.ratelimit import TokenBucket
 from aiosd.supervisor import MgrState, Supervisor
@@ -42,20 +43,7 @@ DEFERRED = object()
 WAITING_CALLS = {"llm_chat", "gen_restore", "tool_call", "wait_agent"}
 
 
-@dataclass
-class Pending:
-    origin: bytes           # front-end routing id, or a manager's back-end id
-    client_id: Any          # the id the origin used
-    aid: int
-    name: str
-    call: str
-    args_digest: str
-    t0: float
-    manager: str
-    from_manager: bool = False
-
-
-class Kernel(KernelCalls, AttachCalls):
+class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.table = ProcessTable()
@@ -194,99 +182,6 @@ class Kernel(KernelCalls, AttachCalls):
         else:
             self.forward(ident, req_id, caller, sc, args, target, t0)
 
-    def refuse_malformed(self, ident: bytes, user: bytes, t0: float, exc: AiosError) -> None:
-        """A frame that is not a request at all: answered, and audited like any attempt."""
-        self.audit_refused(self.aid_of(ident, user), "?", exc.code, t0)
-        self.reply_front(ident, None, error=(exc.code, exc.message))
-
-    def audit_refused(self, aid: int, call: str, code: str, t0: float) -> None:
-        """Audit a request refused before admission. A flood of refusals (EBUSY over the rate,
-        garbage, a wrong token) would fill the disk one record each: past 100 a second per
-        caller they are counted, and the caller's next recorded refusal carries the count."""
-        bucket = self.refusal_buckets.get(aid)
-        if bucket is None:
-            bucket = self.refusal_buckets[aid] = TokenBucket(100.0, 200.0)
-        if not bucket.take():
-            self.refusals_counted[aid] = self.refusals_counted.get(aid, 0) + 1
-            self.counters["refusals_counted"] = self.counters.get("refusals_counted", 0) + 1
-            return
-        n = self.refusals_counted.pop(aid, 0)
-        note = f"{n} earlier refused requests of this caller counted, not recorded one by one" if n else ""
-        self.audit.add(audit.record(aid, "", call, None, code, time.perf_counter() - t0, note))
-
-    def identify(self, ident: bytes, user: bytes) -> tuple[Principal, Any]:
-        if user == b"root":
-            aid = self.impersonating.get(ident)
-            if aid is None:
-                return ROOT, None
-        elif user.startswith(b"aid:"):
-            aid = int(user[4:])
-        else:
-            raise AiosError("EACCES", "this connection presented no valid token")
-        row = self.table.get(aid)
-        if row is None or not row.status.alive:
-            raise AiosError("EACCES", f"agent {aid} has exited; its token is no longer valid")
-        return Principal(row.aid, row.name, row.group or row.name, row.parent), row
-
-    def aid_of(self, ident: bytes, user: bytes) -> int:
-        if user.startswith(b"aid:"):
-            return int(user[4:])
-        return self.impersonating.get(ident, 0) if user == b"root" else -1
-
-    def admit(self, caller: Principal, row, sc: Syscall) -> None:
-        if sc.privilege == "internal":
-            raise AiosError("EPERM", f"{sc.name} is internal to the kernel")
-        if sc.privilege == "root" and not caller.is_root:
-            raise AiosError("EPERM", f"{sc.name} needs root")
-        if row is not None and self.cfg.syscall_rate > 0:
-            bucket = self.buckets.get(row.aid)
-            if bucket is None:
-                bucket = self.buckets[row.aid] = TokenBucket(self.cfg.syscall_rate, self.cfg.syscall_rate)
-            if not bucket.take():
-                raise AiosError("EBUSY", f"agent {row.aid} is over its syscall rate of {self.cfg.syscall_rate:g}/s")
-
-    def check_refs(self, msg: dict) -> None:
-        if drop_foreign_refs(msg.get("args"), self.agent_user()["user"]):
-            raise AiosError("EACCES", "a shared-memory payload in this request is not the caller's")
-
-    def check_limits(self, row, call: str, args: dict) -> None:
-        """An agent's own ceilings: quotas it may not lift, LLM requests it may not queue."""
-        if call in ("mem_alloc", "sto_alloc"):
-            check_alloc(call, args["size"], row.memory_quota or self.cfg.memory_quota,
-                        row.storage_quota or self.cfg.storage_quota)
-        elif call in LLM_CALLS:
-            self.llm_limits.admit(row.aid)  # counted until finish(); EBUSY over the limits
-
-    def check_access(self, caller: Principal, sc: Syscall, args: dict) -> Any:
-        """Resolve the call's target (another agent, or another name's storage) and check it."""
-        if sc.target is None or args.get(sc.target) is None:
-            return None
-        value = args[sc.target]
-        kind, _, mode = (sc.resource or "agent").partition(":")
-        need = "r" if mode == "read" else "w"
-        if sc.target == "owner":  # a storage namespace, by name
-            owner = Principal(-1, str(value))
-            if not self.rules.allowed(caller, kind, owner, need):
-                raise AiosError("EACCES", f"{self.who(caller)} may not {'read' if need == 'r' else 'write'} "
-                                          f"{kind} of '{value}'")
-            return str(value)
-        row = self.table.get(int(value))
-        if row is None:
-            raise AiosError("ESRCH", f"no agent {value}")
-        target = Principal(row.aid, row.name, row.group or row.name, row.parent)
-        if kind == "agent":
-            if mode == "read" or self.rules.may_control(caller, target):
-                return row.aid
-            raise AiosError("EPERM", f"{self.who(caller)} may not control agent {row.aid}")
-        if not self.rules.allowed(caller, kind, target, need):
-            raise AiosError("EACCES", f"{self.who(caller)} may not {'read' if need == 'r' else 'change'} "
-                                      f"{kind} of agent {row.aid}")
-        return row.aid
-
-    @staticmethod
-    def who(p: Principal) -> str:
-        return "root" if p.is_root else f"agent {p.aid}"
-
     def forward(self, ident, req_id, caller: Principal, sc: Syscall, args, target, t0,
                 from_manager: bool = False) -> None:
         kid = next(self.ids)
@@ -301,79 +196,7 @@ class Kernel(KernelCalls, AttachCalls):
                                     audit.digest(args), t0, sc.manager, from_manager)
         self.send_manager(sc.manager, {"id": kid, "call": sc.name, "args": args, "aid": caller.aid, "ctx": ctx})
 
-    def send_manager(self, name: str, msg: dict) -> None:
-        m = self.sup.procs.get(name)
-        if m is None:
-            return self.fail_pending(msg, "EUNAVAIL", f"no manager '{name}' is configured")
-        if m.state != MgrState.RUNNING or m.ident is None:
-            if m.state == MgrState.FATAL:
-                return self.fail_pending(msg, "EIO", f"manager {name} is FATAL: {self.log_tail(name)}")
-            self.held.append((time.time() + self.cfg.start_timeout_s, name.encode(), msg))
-            return
-        if isinstance(msg.get("id"), int):
-            m.inflight.add(msg["id"])
-        self.back.send_multipart([m.ident, protocol.pack(msg)], copy=False)
-
-    def fail_pending(self, msg: dict, code: str, message: str) -> None:
-        kid = msg.get("id")
-        if isinstance(kid, int) and kid in self.pending:
-            self.finish(kid, {"ok": False, "error": {"code": code, "message": message}})
-
     # ---- back end -----------------------------------------------------------------------
-    def on_backend(self, frames: list) -> None:
-        ident = frames[0].bytes
-        try:
-            msg = protocol.unpack(frames[-1].bytes, 1 << 30)
-        except AiosError:
-            return
-        if not isinstance(msg, dict):
-            return
-        m = self.manager_by_ident(ident)
-        if "hello" in msg:
-            m = self.sup.procs.get(str(msg["hello"]))
-            if m is not None and m.proc is not None and m.pid == msg.get("pid"):
-                self.sup.hello(m, ident)
-                log.info("manager %s RUNNING pid %d", m.name, m.pid)
-                self.release_held(m.name)
-            return
-        if m is None:
-            return
-        m.last_seen = time.time()
-        if "call" in msg:  # an internal call from a manager to another
-            return self.internal_call(m, ident, msg)
-        if "event" in msg:
-            return self.on_manager_event(m, msg)
-        kid = msg.get("id")
-        if not isinstance(kid, int) or kid not in self.pending:
-            return
-        if "partial" in msg:
-            p = self.pending[kid]
-            self.send_to(p, {"id": p.client_id, "partial": msg["partial"]})
-            return
-        m.inflight.discard(kid)
-        self.finish(kid, msg)
-
-    def manager_by_ident(self, ident: bytes):
-        for m in self.sup.procs.values():
-            if m.ident == ident:
-                return m
-        return None
-
-    def internal_call(self, m, ident: bytes, msg: dict) -> None:
-        t0 = time.perf_counter()
-        aid = int(msg.get("aid", 0) or 0)
-        row = self.table.get(aid)
-        caller = Principal(aid, row.name if row else "root")
-        try:
-            sc = SYSCALLS.lookup(msg["call"])
-            if sc.manager == "kernel":
-                raise AiosError("EINVAL", "managers make no kernel calls")
-            args = sc.check(msg.get("args"))
-        except AiosError as exc:
-            self.back.send_multipart([ident, protocol.pack(protocol.err(msg.get("id"), exc.code, exc.message))])
-            return
-        self.forward(ident, msg.get("id"), caller, sc, args, None, t0, from_manager=True)
-
     def finish(self, kid: int, msg: dict) -> None:
         p = self.pending.pop(kid)
         ok = bool(msg.get("ok"))
@@ -414,25 +237,6 @@ class Kernel(KernelCalls, AttachCalls):
             body = protocol.ok(req_id, result)
         self.front.send_multipart([ident, protocol.pack_msg(body, self.cfg.shm_threshold)], copy=False)
 
-    def on_manager_event(self, m, msg: dict) -> None:
-        if msg.get("event") == "usage":
-            row = self.table.get(int(msg.get("aid", -1)))
-            if row is not None:
-                row.tokens_in += int(msg.get("tokens_in", 0))
-                row.tokens_out += int(msg.get("tokens_out", 0))
-                self.llm_limits.charge(row.aid, int(msg.get("tokens_in", 0)) + int(msg.get("tokens_out", 0)))
-                row.queue_wait_s += float(msg.get("queue_wait_s", 0.0))
-                row.llm_requests += 1
-
-    def release_held(self, name: str) -> None:
-        keep = []
-        for deadline, mgr, msg in self.held:
-            if mgr.decode() == name:
-                self.send_manager(name, msg)
-            else:
-                keep.append((deadline, mgr, msg))
-        self.held = keep
-
     # ---- children -----------------------------------------------------------------------
     def reap(self) -> None:
         while True:
@@ -449,16 +253,6 @@ class Kernel(KernelCalls, AttachCalls):
                 self.manager_died(m, code)
                 continue
             self.agent_died(pid, code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
-
-    def manager_died(self, m, code: int) -> None:
-        log.warning("manager %s exited with %s; now %s", m.name, code, m.state.value)
-        for kid in sorted(m.inflight):
-            if kid in self.pending:
-                self.finish(kid, {"ok": False, "error": {
-                    "code": "EIO", "message": f"manager {m.name} died (exit {code}) while serving this call"}})
-        m.inflight.clear()
-        if m.state == MgrState.BACKOFF and m.retry_at <= time.time():
-            self.sup.restart(m)
 
     def housekeeping(self) -> None:
         if self.sup.stopping:
@@ -482,26 +276,6 @@ class Kernel(KernelCalls, AttachCalls):
         self.expire_waiters(now)
         if self.audit.due():
             self.flush_audit()
-
-    def flush_audit(self) -> None:
-        records = self.audit.take()
-        m = self.sup.procs.get("storage")
-        if not records or m is None or m.ident is None:
-            if records and m is not None and m.state != MgrState.FATAL:
-                self.audit.records[:0] = records  # keep them until storage is back
-            return
-        kid = next(self.ids)
-        self.pending[kid] = Pending(b"kernel", None, 0, "root", "_audit", "", time.perf_counter(),
-                                    "storage", from_manager=True)
-        self.send_manager("storage", {"id": kid, "call": "_audit", "args": {"records": records}, "aid": 0,
-                                      "ctx": {"name": "root", "is_root": True}})
-
-    def log_tail(self, name: str, lines: int = 3) -> str:
-        try:
-            text = (self.cfg.log_dir / f"{name}.log").read_text(errors="replace").strip().splitlines()
-        except OSError:
-            return "no log"
-        return " | ".join(text[-lines:])[-400:]
 
     # ---- stop ---------------------------------------------------------------------------
     def begin_stop(self) -> None:

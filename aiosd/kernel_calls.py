@@ -282,7 +282,7 @@ class KernelCalls:
 
     def send_internal(self, manager: str, call: str, args: dict) -> None:
         """Fire-and-forget call from the kernel itself (its answer is dropped)."""
-        from aiosd.kernel import Pending
+        from aiosd.kernel_link import Pending
         kid = next(self.ids)
         self.pending[kid] = Pending(b"kernel", None, 0, "root", call, "", time.perf_counter(), manager, True)
         self.send_manager(manager, {"id": kid, "call": call, "args": args, "aid": 0,
