@@ -24,6 +24,15 @@ _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
 
 
+def _cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            fields = fh.read().rsplit(b")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
 class MgrState(enum.StrEnum):
     STARTING = "STARTING"
     RUNNING = "RUNNING"
@@ -60,6 +69,7 @@ class ManagerProc:
     ready_at: float = 0.0
     last_seen: float = 0.0
     last_ping: float = 0.0
+    last_cpu: float = 0.0
     restarts: int = 0
     quick_deaths: int = 0
     retry_at: float = 0.0
@@ -137,8 +147,22 @@ class Supervisor:
         self.start(m)
 
     def hung(self, limit_s: float) -> list[ManagerProc]:
+        """Managers silent for limit_s that also made no CPU progress meanwhile.
+
+        A long model step on an overloaded machine keeps the llm worker from heartbeating,
+        but it is busy, not hung: its CPU time still grows, and killing it would lose work.
+        """
         now = time.time()
-        return [m for m in self.procs.values() if m.state == MgrState.RUNNING and now - m.last_seen > limit_s]
+        out = []
+        for m in self.procs.values():
+            if m.state != MgrState.RUNNING or now - m.last_seen <= limit_s:
+                continue
+            cpu = _cpu_seconds(m.pid)
+            if cpu > m.last_cpu + 0.05:
+                m.last_cpu, m.last_seen = cpu, now - limit_s / 2  # look again in a while
+                continue
+            out.append(m)
+        return out
 
     # The kernel reaps every child itself (wait4 on -1), so Popen.poll() is never used here.
     def signal_all(self, sig: int) -> None:
