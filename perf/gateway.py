@@ -59,7 +59,7 @@ def aggregate(d: Daemon, port: int, side: str, creds: list, per: int, max_tokens
 
 def main() -> None:
     args = parse_args(__doc__.splitlines()[0])
-    n, clients, per, max_tokens = (50, 32, 2, 16) if args.quick else (300, 32, 4, 32)
+    n, clients, per, max_tokens = (50, 32, 1, 8) if args.quick else (300, 32, 4, 32)
     port = free_port()
     with Daemon(http=f"127.0.0.1:{port}", syscall_rate=1e9, max_queued_llm=256) as d:
         root, keys = d.client(), KeyStore.for_home(d.home)

@@ -45,8 +45,9 @@ def gw():
     d.url = f"http://127.0.0.1:{port}/v1"
     d.keys = KeyStore.for_home(d.home)
     yield d
-    log = d.home / "logs" / "gateway.log"
-    print("\n--- gateway.log\n" + (log.read_text()[-3000:] if log.exists() else "(none)"))
+    for name in ("gateway", "aiosd", "llm"):  # shown with -s or on failure
+        log = d.home / "logs" / f"{name}.log"
+        print(f"\n--- {name}.log\n" + (log.read_text()[-2000:] if log.exists() else "(none)"))
     d.stop()
 
 
