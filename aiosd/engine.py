@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from aiosd.llama import Llama
+from aiosd.llama import Llama, host_empty
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -164,7 +164,8 @@ class Engine:
     def snapshot(self, seq: Seq, keep_kv: bool = True) -> KvSnapshot:
         kv = None
         if keep_kv and seq.cache is not None and seq.n_cached:
-            kv = seq.cache[:, :, :, :seq.n_cached].to("cpu", copy=True)
+            part = seq.cache[:, :, :, :seq.n_cached]
+            kv = host_empty(tuple(part.shape), part.dtype).copy_(part)
         rng = bytes(seq.generator.get_state().numpy().tobytes()) if seq.generator is not None else None
         n_cached = seq.n_cached if kv is not None else 0
         return KvSnapshot(list(seq.tokens), seq.n_prompt, n_cached, seq.max_tokens, seq.temperature,

@@ -67,8 +67,7 @@ class Llama:
 
     def new_cache(self, capacity: int) -> torch.Tensor:
         """One tensor per request: [layers, 2 (K, V), kv_heads, capacity, head_dim]."""
-        return torch.zeros(self.n_layers, 2, self.n_kv, capacity, self.head_dim,
-                           device=self.device, dtype=self.dtype)
+        return host_empty((self.n_layers, 2, self.n_kv, capacity, self.head_dim), self.dtype, self.device)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[0] >= self.min_rows:
@@ -142,3 +141,13 @@ def probe_min_rows(*weights: torch.Tensor, limit: int = 20) -> int:
         bad = [m for m in (*range(1, 17), limit) if not torch.equal(x[:m] @ w, ref[:m])]
         best = max(best, (max(bad) + 1) if bad else 1)
     return best
+
+
+def host_empty(shape: tuple, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
+    """Uninitialised memory (attention reads only positions already written). On the CPU it is
+    numpy's: numpy advises huge pages for big arrays, which makes the first touch of a fresh
+    47 MB cache or snapshot about 4x cheaper than torch.empty's page faults."""
+    if torch.device(device).type == "cpu" and dtype in (torch.float32, torch.float16):
+        import numpy as np
+        return torch.from_numpy(np.empty(shape, dtype=np.float32 if dtype == torch.float32 else np.float16))
+    return torch.empty(shape, dtype=dtype, device=device)
