@@ -96,3 +96,51 @@ def test_solo_equals_16_concurrent_under_every_policy(make_daemon, engine):
     for policy in ("fifo", "rr", "priority"):
         d.root.syscall("sys_set", {"settings": {"scheduler": policy, "quantum": 4}})
         assert _concurrent(d, PROMPTS, n) == solo, policy
+
+
+def test_gen_snapshot_and_restore_through_the_daemon(daemon):
+    from libaios.client import Client
+    aid, cl = daemon.agent("snapper")
+    twin = Client(daemon.home)
+    twin.syscall("set_aid", {"aid": aid})   # a second connection of the same agent
+    whole = chat(cl, "Count from one to twenty in words.", max_tokens=24)
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(r=chat(cl, "Count from one to twenty in words.",
+                                                          max_tokens=24)))
+    t.start()
+    snap = None
+    while snap is None and t.is_alive():
+        try:
+            snap = twin.syscall("gen_snapshot", {}, timeout=60)
+        except AiosError as e:
+            assert e.code == "ENOENT"       # not submitted yet
+    t.join()
+    if snap is None:
+        pytest.skip("the generation finished before it could be snapshotted")
+    assert box["r"]["finish_reason"] == "snapshot" and whole["text"].startswith(box["r"]["text"])
+    _, other = daemon.agent("intruder")
+    with pytest.raises(AiosError) as e:
+        other.syscall("gen_restore", {"snapshot": snap["snapshot"]}, timeout=60)
+    assert e.value.code == "EACCES"
+    with pytest.raises(AiosError) as e:
+        cl.syscall("gen_restore", {"snapshot": "0123456789abcdef"}, timeout=60)
+    assert e.value.code == "ENOENT"
+    resumed = cl.syscall("gen_restore", {"snapshot": snap["snapshot"]}, timeout=300)
+    assert resumed["text"] == whole["text"]
+    twin.close()
+
+
+def test_context_kept_truncated_and_cleared(daemon):
+    aid, cl = daemon.agent("talker")
+    cl.syscall("set_context", {"messages": [{"role": "system", "content": "Be brief."}]})
+    assert cl.syscall("exp_context", {"size": 128})["window"] >= 128
+    r = cl.syscall("llm_chat", {"messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 4,
+                                "context": True}, timeout=300)
+    ctx = cl.syscall("get_context", {})
+    assert [m["role"] for m in ctx["messages"]] == ["system", "user", "assistant"]
+    assert ctx["messages"][-1]["content"] == r["text"]
+    with pytest.raises(AiosError) as e:
+        cl.syscall("set_context", {"messages": [{"role": "user", "content": "word " * 5000}]})
+    assert e.value.code == "EINVAL"
+    cl.syscall("clr_context", {})
+    assert cl.syscall("get_context", {})["messages"] == []

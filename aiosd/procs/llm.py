@@ -174,8 +174,7 @@ class LlmManager(Manager):
         return DEFERRED
 
     def handle_get_context(self, req: Request) -> Any:
-        aid = req.args.get("aid", req.aid)
-        aid = int(req.ctx.get("target", aid)) if isinstance(req.ctx.get("target"), int) else aid
+        aid = int(req.args["aid"]) if req.args.get("aid") is not None else req.aid
         c = self._ctx(aid)
         return {"messages": c.messages, "tokens": self._ntok(c.messages) if c.messages else 0,
                 "window": c.window, "strategy": c.strategy}
