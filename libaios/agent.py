@@ -101,8 +101,9 @@ class Agent:
 
     # ---- the loop --------------------------------------------------------------------------
     def plan(self, task: str) -> list[str]:
-        return sdk.generate_plan(task, max_steps=self.manifest.max_steps, max_tokens=self.manifest.max_tokens,
-                                 client=self.client)
+        # the plan is one of the agent's requests: sent through chat_full so that it is timed
+        text = self.chat(sdk.plan_messages(task, self.manifest.max_steps))
+        return sdk.parse_plan(text, self.manifest.max_steps)
 
     def act(self, step: str, task: str, observations: list[str]) -> str:
         """One step: ask the model, run the tool calls it makes (bounded rounds), return what

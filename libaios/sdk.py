@@ -79,11 +79,16 @@ def generate_plan(task: str, *, max_steps: int = 5, max_tokens: int = 96, client
     >>> generate_plan("make tea", max_steps=3)
     ['Boil water', 'Steep the tea', 'Pour']
     """
-    reply = _sys(client).llm_chat([
+    reply = _sys(client).llm_chat(plan_messages(task, max_steps), max_tokens=max_tokens, temperature=0.0)
+    return parse_plan(reply["text"], max_steps)
+
+
+def plan_messages(task: str, max_steps: int) -> list[dict]:
+    """The request generate_plan sends (the Agent class sends the same one itself, to time it)."""
+    return [
         {"role": "system", "content": "You write short numbered plans. One step per line, like '1. ...'."},
         {"role": "user", "content": f"Write a numbered plan of at most {max_steps} steps for: {task}"},
-    ], max_tokens=max_tokens, temperature=0.0)
-    return parse_plan(reply["text"], max_steps)
+    ]
 
 
 _STEP = re.compile(r"^\s*(?:step\s*)?\d+\s*[.):-]\s*(.+?)\s*$", re.IGNORECASE)
