@@ -178,7 +178,11 @@ class LlamaCppEngine:
                 seq.tokens.append(seq.replay.pop(0))
                 events.append((seq, [], False))
                 continue
-            tok = Engine._sample(self, seq, logits[id(seq)])  # type: ignore[arg-type]
+            row = logits[id(seq)]
+            if seq.temperature <= 0 or seq.generator is None:
+                tok = int(np.argmax(row))  # as torch.argmax: the first of equal maxima
+            else:
+                tok = Engine._sample(self, seq, torch.from_numpy(row))  # type: ignore[arg-type]
             if tok in self.eos_ids:
                 seq.finish_reason = "stop"
                 self._release(seq)
@@ -192,9 +196,9 @@ class LlamaCppEngine:
             events.append((seq, [tok], done))
         return events
 
-    def _decode(self, feeds: list[tuple[LSeq, list[int]]]) -> dict[int, torch.Tensor]:
+    def _decode(self, feeds: list[tuple[LSeq, list[int]]]) -> dict[int, np.ndarray]:
         """Feed every sequence's tokens; the logits of each one's last token if it samples next."""
-        out: dict[int, torch.Tensor] = {}
+        out: dict[int, np.ndarray] = {}
         b = self.batch
         i = 0
         pending: list[tuple[int, LSeq]] = []
@@ -217,7 +221,7 @@ class LlamaCppEngine:
                     raise AiosError("EIO", f"llama_decode failed ({rc})")
                 for row, s in pending:
                     ptr = L.llama_get_logits_ith(self.ctx, row)
-                    out[id(s)] = torch.from_numpy(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy())
+                    out[id(s)] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
                 pending, i = [], 0
         return out
 

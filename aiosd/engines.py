@@ -77,8 +77,12 @@ def make_engine(cfg: Config) -> Any:
     """The engine for cfg (aiosd.engine.Engine or aiosd.engine_llamacpp.LlamaCppEngine)."""
     kind = choose(cfg)
     if kind == "llamacpp":
+        import torch
+
         from aiosd.engine_llamacpp import LlamaCppEngine
 
+        # torch only samples here; its idle OpenMP threads would spin against llama.cpp's own
+        torch.set_num_threads(1)
         eng = LlamaCppEngine(source_of(cfg.model), n_seq_max=cfg.max_batch, n_ctx_seq=cfg.context_window,
                              n_threads=cfg.torch_threads or os.cpu_count(),
                              max_batch_tokens=cfg.max_batch_tokens)

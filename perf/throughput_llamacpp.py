@@ -37,12 +37,15 @@ def messages(i: int) -> list[dict]:
     return [{"role": "user", "content": f"Tell me one fact about the number {i}."}]
 
 
-def llama_sequential(n: int, tokens: int, threads: int) -> dict:
+def llama_sequential(n: int, tokens: int, threads: int, reuse: bool = True) -> dict:
+    """reuse=False: reset() before each request, so no prompt prefix is taken from the last one."""
     from llama_cpp import Llama
     llm = Llama(str(default_gguf()), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False)
     llm.create_chat_completion(messages(999), max_tokens=4, temperature=0.0)  # warm-up
     t0, out = time.perf_counter(), 0
     for i in range(n):
+        if not reuse:
+            llm.reset()
         r = llm.create_chat_completion(messages(i), max_tokens=tokens, temperature=0.0)
         out += r["usage"]["completion_tokens"]
     wall = time.perf_counter() - t0
@@ -166,6 +169,9 @@ def main(argv: list[str] | None = None) -> int:
                 row["raw_tok_s"] = max(row["raw_tok_s"], raw_batched(n, tokens, threads)["tok_s"])
                 row["one_at_a_time_tok_s"] = max(row["one_at_a_time_tok_s"],
                                                  llama_sequential(n, tokens, threads)["tok_s"])
+                if n == 1:  # how much of Llama's lead at N=1 is the reused system-prompt prefix
+                    row["one_no_prefix_reuse_tok_s"] = max(row.get("one_no_prefix_reuse_tok_s", 0.0),
+                                                           llama_sequential(n, tokens, threads, False)["tok_s"])
                 if daemon is not None:
                     sysrow = through_daemon(daemon, n, tokens)
                     if sysrow["tok_s"] > row.get("tok_s", 0.0):
@@ -180,6 +186,9 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(["N", "aiosd tok/s", "engine in-process", "raw batched llama_decode",
                           "Llama one after another", "aiosd/raw", "aiosd/Llama", "engine/raw", "engine/Llama"],
                          table))
+    for r in rows:
+        if "one_no_prefix_reuse_tok_s" in r:
+            print(f"\nN={r['n']}: Llama without prompt-prefix reuse {r['one_no_prefix_reuse_tok_s']:.1f} tok/s")
     if not have_worker:
         print("\n(aiosd rows missing: aiosd/procs/llm.py is not there yet)")
     write_json(SCRIPT, {"engine": "llamacpp", "tokens": tokens, "threads": threads, "rows": rows})
