@@ -88,7 +88,7 @@ def run_with_tools(messages: list[dict], tools: list, *, max_rounds: int = 3, cl
             reply = _sys(client).llm_chat(msgs, tools=schemas or None, max_tokens=max_tokens, **chat_kw)
             text = reply.get("text") or ""
             tcalls = reply.get("tool_calls")
-            errors: list[str] = []
+            errors: list[str] = list(reply.get("tool_errors") or [])  # calls the worker could not read
             if tcalls is None:  # a worker that does not parse: parse here
                 parsed = parse_tool_calls(text, names)
                 tcalls, errors = parsed.calls, parsed.errors

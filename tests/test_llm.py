@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -144,3 +145,51 @@ def test_context_kept_truncated_and_cleared(daemon):
     assert e.value.code == "EINVAL"
     cl.syscall("clr_context", {})
     assert cl.syscall("get_context", {})["messages"] == []
+
+
+# ---- tool calls (issue 4: `tools` is offered in the system message, calls parsed out) --------
+WEATHER = {"type": "function", "function": {
+    "name": "get_weather", "description": "Current weather in a city",
+    "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}
+# one worked example in the history is what makes the 135M model answer with a call
+FEW_SHOT = [{"role": "user", "content": "What is the weather in London?"},
+            {"role": "assistant", "content": '<tool_call>[{"name": "get_weather", "arguments": {"city": "London"}}]'
+                                             '</tool_call>'},
+            {"role": "user", "content": "What is the weather in Paris?"}]
+
+
+def test_tools_are_offered_in_the_system_message_and_calls_split_out():
+    from aiosd.procs.llm import offer_tools, split_tool_calls
+    plain = [{"role": "user", "content": "hi"}]
+    assert offer_tools(plain, None) is plain
+    sys_first = offer_tools([{"role": "system", "content": "Be brief."}, *plain], [WEATHER])
+    assert len(sys_first) == 2 and sys_first[0]["content"].startswith("Be brief.\n\n")
+    assert '"get_weather"' in sys_first[0]["content"] and "<tool_call>" in sys_first[0]["content"]
+    assert offer_tools(plain, [WEATHER])[0]["role"] == "system"
+    text, calls, bad = split_tool_calls('Sure. <tool_call>[{"name": "get_weather", "arguments": {"city": "Oslo"}}]'
+                                        '</tool_call>', ["get_weather"])
+    assert text == "Sure." and bad == []
+    assert calls == [{"id": "call_1", "type": "function",
+                      "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'}}]
+    assert split_tool_calls("  no call here ", ["get_weather"]) == ("  no call here ", [], [])
+    assert split_tool_calls('<tool_call>[{"name": "nope", "arguments": {}}]</tool_call>', ["get_weather"])[2]
+
+
+def test_llm_chat_parses_the_models_tool_call(daemon):
+    r = daemon.root.syscall("llm_chat", {"messages": FEW_SHOT, "tools": [WEATHER], "max_tokens": 32},
+                            timeout=300)
+    assert r["tool_calls"], r["text"]
+    call = r["tool_calls"][0]
+    assert call["type"] == "function" and call["function"]["name"] == "get_weather"
+    assert json.loads(call["function"]["arguments"]) == {"city": "Paris"}
+    assert "<tool_call>" not in r["text"]
+    plain = daemon.root.syscall("llm_chat", {"messages": Q, "tools": [WEATHER], "max_tokens": 8}, timeout=300)
+    assert isinstance(plain["tool_calls"], list) and isinstance(plain["text"], str)
+
+
+@pytest.mark.parametrize("tools", [["get_weather"], [{"type": "function", "function": {"description": "x"}}],
+                                   {"name": "x"}])
+def test_malformed_tools_are_einval(daemon, tools):
+    with pytest.raises(AiosError) as e:
+        daemon.root.syscall("llm_chat", {"messages": Q, "tools": tools, "max_tokens": 4}, timeout=60)
+    assert e.value.code == "EINVAL"

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosd import context as cx
+from aiosd import toolcalls
 from aiosd.errors import AiosError
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
 from aiosd.runner import Runner
@@ -40,6 +41,45 @@ class Job:
     strategy: str | None = None
     context_msgs: list[dict] | None = None   # the agent's kept context to extend at the end
     extra: dict = field(default_factory=dict)
+
+
+def check_tools(tools: Any) -> list[dict] | None:
+    """OpenAI function schemas, or EINVAL; None when no tools are offered."""
+    if not tools:
+        return None
+    if not isinstance(tools, list):
+        raise AiosError("EINVAL", "tools must be a list of function schemas")
+    for i, t in enumerate(tools):
+        fn = t.get("function", t) if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise AiosError("EINVAL", f"tools[{i}] must be a function schema with a name")
+    return tools
+
+
+def tool_names(tools: list[dict]) -> list[str]:
+    return [t.get("function", t)["name"] for t in tools]
+
+
+def offer_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The messages with the tools offered in the system message: SmolLM2's chat template
+    ignores `tools`, so the model only sees them if the prompt says so."""
+    if not tools:
+        return messages
+    offer = toolcalls.tools_prompt(tools)
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": messages[0]["content"] + "\n\n" + offer}, *messages[1:]]
+    return [{"role": "system", "content": offer}, *messages]
+
+
+def split_tool_calls(text: str, names: list[str] | None) -> tuple[str, list[dict], list[str]]:
+    """(content, OpenAI-form tool calls, unreadable calls) of a reply; a reply with no call
+    keeps its text exactly as generated."""
+    if names is None:
+        return text, [], []
+    parsed = toolcalls.parse_tool_calls(text, names)
+    if not parsed.calls and not parsed.errors:
+        return text, [], []
+    return parsed.content, parsed.calls, parsed.errors
 
 
 class LlmManager(Manager):
@@ -107,18 +147,18 @@ class LlmManager(Manager):
         window = ctx.window
         if max_tokens < 1 or max_tokens > window:
             raise AiosError("EINVAL", f"max_tokens must be 1..{window} (the context window)")
-        tools = a.get("tools") or None
+        tools = check_tools(a.get("tools"))
         strategy = None
         if a.get("context"):
             full = ctx.messages + messages
             def fits(ms: list[dict]) -> bool:
-                return len(self.engine.encode_chat(ms, tools)) + max_tokens <= window
+                return len(self.engine.encode_chat(offer_tools(ms, tools))) + max_tokens <= window
             if not fits(full):
                 strategy = ctx.strategy
                 full = self._summarize(full, fits) if strategy == "summarize" else cx.truncate(full, fits)
             messages = full
         try:
-            prompt = self.engine.encode_chat(messages, tools)
+            prompt = self.engine.encode_chat(offer_tools(messages, tools))
         except Exception as exc:  # a template that cannot render these messages
             raise AiosError("EINVAL", f"chat template failed: {exc}") from None
         if len(prompt) >= window:
@@ -127,7 +167,8 @@ class LlmManager(Manager):
         rid, self.next_rid = self.next_rid, self.next_rid + 1
         seq = self.engine.add(rid, prompt, max_tokens, temperature, top_p, a.get("seed"))
         stop = [s for s in (a.get("stop") or []) if s]
-        meta = {"stop": stop, "stream": bool(a.get("stream")), "context": bool(a.get("context"))}
+        meta = {"stop": stop, "stream": bool(a.get("stream")), "context": bool(a.get("context")),
+                "tools": tool_names(tools) if tools else None}
         job = self._submit(req, seq, bool(a.get("stream")), stop, meta)
         job.strategy = strategy
         if a.get("context"):
@@ -275,10 +316,13 @@ class LlmManager(Manager):
         if error is not None:
             self.fail(job.req_id, "EIO", error)
             return
+        text, calls, bad = split_tool_calls(job.text, job.meta.get("tools") if reason != "snapshot" else None)
         if job.context_msgs is not None and reason != "snapshot":
-            self._ctx(job.aid).messages = job.context_msgs + [{"role": "assistant", "content": job.text}]
+            turn = {"role": "assistant", "content": text, **({"tool_calls": calls} if calls else {})}
+            self._ctx(job.aid).messages = job.context_msgs + [turn]
         self.reply(job.req_id, {
-            "text": job.text, "finish_reason": reason, "tool_calls": [], "request": rid,
+            "text": text, "finish_reason": reason, "tool_calls": calls, "request": rid,
+            **({"tool_errors": bad} if bad else {}),
             "usage": {"prompt_tokens": job.seq.n_prompt, "completion_tokens": n_out},
             "timings": {"queued_s": queued, "first_token_s": (job.t_first or now) - job.t_submit,
                         "total_s": now - job.t_submit},
