@@ -70,6 +70,13 @@ class Config:
 
     tools: dict = field(default_factory=dict)  # [tools.NAME] tables from config.toml
 
+    # llm worker, openai backend (issue 4): llm_chat sent to an OpenAI-compatible server
+    llm_api_key: str = ""             # Bearer key for llm_url (AIOS_LLM_API_KEY)
+    llm_model: str = ""               # model name sent to the server ("": the value of model)
+    llm_timeout_s: float = 300.0      # one HTTP request, connect to last byte
+    llm_remote_workers: int = 8       # requests in flight to the server, all agents together
+    llm_remote_per_agent: int = 2     # of them, at most this many of one agent
+
     # memory and storage managers (issue 6)
     group_commit: bool = True         # one synced LMDB transaction per batch of writes (False: per write)
     storage_sync: str = "full"        # full: sync data + meta in each commit | data: one env.sync per batch

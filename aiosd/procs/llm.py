@@ -17,6 +17,7 @@ from typing import Any
 from aiosd import context as cx
 from aiosd import toolcalls
 from aiosd.errors import AiosError
+from aiosd.llm_openai import RemoteBackend, RemoteChat
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
 from aiosd.runner import Runner
 from aiosd.scheduler import POLICIES, Scheduler
@@ -82,10 +83,17 @@ def split_tool_calls(text: str, names: list[str] | None) -> tuple[str, list[dict
     return parsed.content, parsed.calls, parsed.errors
 
 
-class LlmManager(Manager):
+class LlmManager(RemoteChat, Manager):
     name = "llm"
 
     def setup(self) -> None:
+        self.contexts: dict[int, cx.AgentContext] = {}
+        self.remote: RemoteBackend | None = None
+        if self.cfg.llm_backend == "openai":
+            self._setup_remote()
+            return
+        if self.cfg.llm_backend != "local":
+            raise AiosError("EINVAL", f"unknown llm backend {self.cfg.llm_backend!r}; local or openai")
         import torch
 
         from aiosd.engines import make_engine
@@ -98,7 +106,7 @@ class LlmManager(Manager):
         self.runner = Runner(self.engine, self.sched)
         self.jobs: dict[int, Job] = {}
         self.next_rid = 1
-        self.contexts: dict[int, cx.AgentContext] = {}
+        self.max_context = self.engine.max_context
         self.snaps = cx.SnapshotStore(self.cfg.snapshot_budget_bytes, self._spill, self._fetch)
         # the first step of a fresh engine is slow (allocation, lazy init): pay for it before the
         # hello, so the kernel's readiness means ready to serve and no live step runs that long
@@ -110,11 +118,13 @@ class LlmManager(Manager):
     def _ctx(self, aid: int, strategy: str | None = None) -> cx.AgentContext:
         c = self.contexts.get(aid)
         if c is None:
-            c = self.contexts[aid] = cx.AgentContext(window=min(self.cfg.context_window, self.engine.max_context),
+            c = self.contexts[aid] = cx.AgentContext(window=min(self.cfg.context_window, self.max_context),
                                                      strategy=strategy or self.cfg.context_strategy)
         return c
 
     def _ntok(self, messages: list[dict]) -> int:
+        if self.remote is not None:  # the server's tokenizer is not ours: a rough count (4 chars a token)
+            return sum(len(m.get("content") or "") for m in messages) // 4 + 4 * len(messages)
         return len(self.engine.encode_chat(messages))
 
     def _spill(self, sid: str, blob: bytes) -> None:
@@ -148,6 +158,11 @@ class LlmManager(Manager):
         if max_tokens < 1 or max_tokens > window:
             raise AiosError("EINVAL", f"max_tokens must be 1..{window} (the context window)")
         tools = check_tools(a.get("tools"))
+        if self.remote is not None:
+            stop = [s for s in (a.get("stop") or []) if s]
+            return self._chat_remote(req, messages, {"max_tokens": max_tokens, "temperature": temperature,
+                                                     "top_p": top_p, "seed": a.get("seed"),
+                                                     "stop": stop or None}, tools)
         strategy = None
         if a.get("context"):
             full = ctx.messages + messages
@@ -187,6 +202,7 @@ class LlmManager(Manager):
         return cx.truncate(system + [summary] + keep, fits)
 
     def handle_gen_snapshot(self, req: Request) -> Any:
+        self._local_only("gen_snapshot")
         want = req.args.get("request")
         mine = [j for j in self.jobs.values() if j.aid == req.aid and (want is None or j.seq.rid == want)]
         if not mine:
@@ -200,7 +216,12 @@ class LlmManager(Manager):
         return {"snapshot": sid, "tokens": len(snap.tokens), "generated": len(snap.tokens) - snap.n_prompt,
                 "bytes": snap.nbytes}
 
+    def _local_only(self, call: str) -> None:
+        if self.remote is not None:
+            raise AiosError("EINVAL", f"{call}: the openai backend keeps no generation state here")
+
     def handle_gen_restore(self, req: Request) -> Any:
+        self._local_only("gen_restore")
         e = self.snaps.get(req.args["snapshot"], req.aid, bool(req.ctx.get("is_root")))
         if e.snap.model != self.engine.model_id:
             raise AiosError("EINVAL", f"snapshot is of model {e.snap.model}, this worker serves "
@@ -236,8 +257,8 @@ class LlmManager(Manager):
     def handle_exp_context(self, req: Request) -> Any:
         c = self._ctx(req.aid)
         size = int(req.args["size"])
-        if size > self.engine.max_context:
-            raise AiosError("EINVAL", f"the model's limit is {self.engine.max_context} tokens")
+        if size > self.max_context:
+            raise AiosError("EINVAL", f"the model's limit is {self.max_context} tokens")
         c.window = max(c.window, size)
         return {"window": c.window}
 
@@ -258,6 +279,8 @@ class LlmManager(Manager):
 
     # the step loop
     def tick(self) -> float | None:
+        if self.remote is not None:
+            return self.remote.tick()
         if not self.runner.busy():
             return None
         now = time.monotonic()
@@ -331,7 +354,9 @@ class LlmManager(Manager):
     # kernel events
     def on_event(self, event: dict) -> None:
         kind, aid = event.get("event"), event.get("aid")
-        if kind == "agent_suspend":
+        if self.remote is not None:
+            self._remote_event(kind, aid, event)
+        elif kind == "agent_suspend":
             self.sched.park(int(aid))
         elif kind == "agent_resume":
             self.sched.unpark(int(aid))
@@ -351,6 +376,11 @@ class LlmManager(Manager):
             for key in ("max_batch", "max_batch_tokens"):
                 if key in s:
                     setattr(self.sched, key, int(s[key]))
+
+
+    def shutdown(self) -> None:
+        if self.remote is not None:
+            self.remote.close()
 
 
 if __name__ == "__main__":
