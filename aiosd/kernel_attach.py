@@ -35,6 +35,7 @@ class AttachCalls:
         # not table.started(): that would map the carrier's pid to this row, and reaping the
         # carrier would then be taken for this agent's death
         row.pid, row.status = m.pid, AgentState.READY
+        row.stats_at = float("inf")  # the carrier's CPU and RSS in /proc are not this agent's
         self.attached[row.aid] = m.pid
         return row.aid
 
