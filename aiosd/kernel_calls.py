@@ -260,8 +260,8 @@ class KernelCalls:
         self.rules.drop_owner(Principal(row.aid, row.name))
         self.buckets.pop(row.aid, None)
         self.llm_limits.forget(row.aid)
-        for ident in [i for i, a in self.impersonating.items() if a == row.aid]:
-            del self.impersonating[ident]
+        # connections acting as this agent (set_aid) keep pointing at it: they get EACCES from
+        # now on, and never fall back to being root
         self.broadcast({"event": "agent_exit", "aid": row.aid, "name": row.name})
         self.send_internal("storage", "_proc_save", {"row": row.public()})
         for h, caller, _ in self.waiters.pop(row.aid, []):

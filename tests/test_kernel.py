@@ -218,3 +218,15 @@ def test_requests_held_by_a_dying_manager_get_eio_or_succeed(daemon):
     except AiosError as exc:
         assert exc.code == "EIO"
     daemon.wait_manager("tools", old_pid=old)
+
+
+def test_acting_connection_does_not_become_root_when_its_agent_exits(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    aid, client = d.agent("brief")
+    assert client.syscall("get_aid") == aid
+    d.root.syscall("kill_agent", {"aid": aid, "signal": "KILL"})
+    d.root.syscall("wait_agent", {"aid": aid, "timeout": 10})
+    with pytest.raises(PermissionDenied):
+        client.syscall("get_aid", timeout=5)
+    with pytest.raises(PermissionDenied):
+        client.syscall("list_agents", timeout=5)
