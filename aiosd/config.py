@@ -76,6 +76,7 @@ class Config:
     llm_timeout_s: float = 300.0      # one HTTP request, connect to last byte
     llm_remote_workers: int = 8       # requests in flight to the server, all agents together
     llm_remote_per_agent: int = 2     # of them, at most this many of one agent
+    prefix_cache_bytes: int = 256 << 20  # torch engine: K/V of shared prompt prefixes kept (LRU)
 
     # memory and storage managers (issue 6)
     group_commit: bool = True         # one synced LMDB transaction per batch of writes (False: per write)

@@ -18,7 +18,9 @@ Greedy output is token-identical whatever else runs in the same step (see aiosd.
 
 from __future__ import annotations
 
+import hashlib
 import os
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -92,6 +94,13 @@ class Engine:
         eos = self.model.config.get("eos_token_id", self.tokenizer.eos_token_id)
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.max_context = self.model.max_pos
+        # prefix reuse: (chunk size, hash of the tokens up to a chunk boundary) -> that chunk's K/V.
+        # Prefill chunks start at multiples of the chunk size, so a chunk's K/V depend only on
+        # the tokens up to its end: reusing whole chunks gives the very bytes a recompute would.
+        self.prefix_bytes = 0            # LRU budget; 0: off (the llm worker sets cfg's)
+        self.prefixes: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self.prefix_used = 0
+        self.reused_tokens = 0
 
     def encode_chat(self, messages: list[dict], tools: list | None = None) -> list[int]:
         out = self.tokenizer.apply_chat_template(messages, tools=tools or None, add_generation_prompt=True,
@@ -188,6 +197,46 @@ class Engine:
             seq.tokens = list(snap.tokens[:snap.n_prompt + 1])
             seq.replay = list(snap.tokens[snap.n_prompt + 1:])
         return seq
+
+    @staticmethod
+    def _prefix_key(tokens: list[int], end: int, chunk: int) -> tuple:
+        import numpy as np
+        return chunk, hashlib.blake2b(np.asarray(tokens[:end], dtype=np.int64).tobytes(), digest_size=16).digest()
+
+    def reuse_prefix(self, seq: Seq, chunk: int) -> int:
+        """Copy the cached K/V of the prompt's leading whole chunks into seq's cache; the tokens
+        skipped. The last prompt token is always fed: its logits give the first sample."""
+        if not self.prefix_bytes or chunk < 1 or seq.n_cached % chunk or seq.replay:
+            return 0
+        start = seq.n_cached
+        while seq.n_cached + chunk <= seq.n_prompt - 1:
+            kv = self.prefixes.get(self._prefix_key(seq.tokens, seq.n_cached + chunk, chunk))
+            if kv is None:
+                break
+            self._ensure_cache(seq)
+            assert seq.cache is not None
+            seq.cache[:, :, :, seq.n_cached:seq.n_cached + chunk] = kv
+            self.prefixes.move_to_end(self._prefix_key(seq.tokens, seq.n_cached + chunk, chunk))
+            seq.n_cached += chunk
+        self.reused_tokens += seq.n_cached - start
+        return seq.n_cached - start
+
+    def remember_prefix(self, seq: Seq, start: int, chunk: int) -> None:
+        """Keep the K/V of the whole prompt chunk seq just fed at `start` (LRU, prefix_bytes)."""
+        end = start + chunk
+        if not self.prefix_bytes or start % chunk or end > seq.n_prompt or seq.cache is None:
+            return
+        key = self._prefix_key(seq.tokens, end, chunk)
+        if key in self.prefixes:
+            self.prefixes.move_to_end(key)
+            return
+        part = seq.cache[:, :, :, start:end]
+        kv = host_empty(tuple(part.shape), part.dtype, part.device).copy_(part)
+        self.prefixes[key] = kv
+        self.prefix_used += kv.numel() * kv.element_size()
+        while self.prefix_used > self.prefix_bytes and self.prefixes:
+            _, old = self.prefixes.popitem(last=False)
+            self.prefix_used -= old.numel() * old.element_size()
 
     def drop(self, seq: Seq) -> None:
         seq.cache = None

@@ -36,8 +36,19 @@ class Runner:
         plan = self.sched.schedule(time.monotonic() if now is None else now)
         if not plan:
             return []
+        reuse = getattr(self.engine, "reuse_prefix", None)  # the torch engine's; llama.cpp does its own
+        starts = {}
+        for rid, _ in plan:
+            seq, it = self.seqs[rid], self.sched.items[rid]
+            if reuse is not None and seq.prefill_left:
+                skipped = reuse(seq, it.chunk)
+                if skipped:
+                    self.sched.advance(rid, skipped)
+                starts[rid] = seq.n_cached
         events = self.engine.step([(self.seqs[rid], n) for rid, n in plan])
-        for (rid, n), (_, _, done) in zip(plan, events, strict=True):
+        for (rid, n), (seq, _, done) in zip(plan, events, strict=True):
+            if rid in starts and seq.n_cached - starts[rid] == self.sched.items[rid].chunk:
+                self.engine.remember_prefix(seq, starts[rid], self.sched.items[rid].chunk)
             self.sched.advance(rid, n)
             if done:
                 self.sched.remove(rid)

@@ -94,3 +94,33 @@ def test_tiny_random_model_mechanics(tmp_path):
     m.forward([(cache, ids[:4], 0)])
     out = m.forward([(cache, ids[4:], 4)])[0]
     assert torch.allclose(out, ref, atol=1e-4)
+
+
+SHARED = ("You are the assistant of a small research team. Answer in one sentence, in plain words, "
+          "without lists. ") * 4
+
+
+def shared_prompt(eng, i: int) -> list[int]:
+    return eng.encode_chat([{"role": "system", "content": SHARED},
+                            {"role": "user", "content": f"Name one property of the number {i}."}])
+
+
+def test_prefix_reuse_is_token_identical_and_skips_the_shared_chunks(eng):
+    """Requests sharing a system prompt reuse its K/V in whole chunks: the output is the same,
+    token for token, as without reuse, alone or batched, greedy or seeded."""
+    n = 12
+    eng.prefix_bytes, eng.prefixes, eng.prefix_used = 0, type(eng.prefixes)(), 0
+    plain = {i: run(eng, [eng.add(i, shared_prompt(eng, i), n)])[i] for i in range(3)}
+    seeded = run(eng, [eng.add(9, shared_prompt(eng, 9), n, temperature=0.8, seed=7)])[9]
+    eng.prefix_bytes = 64 << 20
+    try:
+        assert run(eng, [eng.add(0, shared_prompt(eng, 0), n)])[0] == plain[0]  # fills the cache
+        before = eng.reused_tokens
+        batched = run(eng, [eng.add(i, shared_prompt(eng, i), n) for i in range(3)], max_batch_tokens=48)
+        assert batched == plain
+        shared = len(eng.encode_chat([{"role": "system", "content": SHARED}])) - 8
+        assert eng.reused_tokens - before >= 3 * (shared // CHUNK) * CHUNK
+        again = run(eng, [eng.add(9, shared_prompt(eng, 9), n, temperature=0.8, seed=7)])[9]
+        assert again == seeded
+    finally:
+        eng.prefix_bytes = 0

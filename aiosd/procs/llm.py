@@ -101,6 +101,8 @@ class LlmManager(RemoteChat, Manager):
         if self.cfg.torch_threads:
             torch.set_num_threads(self.cfg.torch_threads)
         self.engine = make_engine(self.cfg)
+        if self.cfg.prefix_cache and hasattr(self.engine, "remember_prefix"):
+            self.engine.prefix_bytes = self.cfg.prefix_cache_bytes
         self.sched = Scheduler(self.cfg.scheduler, self.cfg.max_batch, self.cfg.max_batch_tokens,
                                self.cfg.prefill_chunk, self.cfg.quantum)
         self.runner = Runner(self.engine, self.sched)
