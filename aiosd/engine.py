@@ -221,6 +221,13 @@ class Engine:
         self.reused_tokens += seq.n_cached - start
         return seq.n_cached - start
 
+    def chunk_key(self, seq: Seq, chunk: int) -> tuple | None:
+        """The cache key of the reusable prompt chunk seq feeds next, if it feeds one."""
+        end = seq.n_cached + chunk
+        if seq.n_cached % chunk or end > seq.n_prompt - 1:
+            return None
+        return self._prefix_key(seq.tokens, end, chunk)
+
     def remember_prefix(self, seq: Seq, start: int, chunk: int) -> None:
         """Keep the K/V of the whole prompt chunk seq just fed at `start` (LRU, prefix_bytes)."""
         end = start + chunk

@@ -37,14 +37,24 @@ class Runner:
         if not plan:
             return []
         reuse = getattr(self.engine, "reuse_prefix", None)  # the torch engine's; llama.cpp does its own
-        starts = {}
-        for rid, _ in plan:
+        on = reuse is not None and getattr(self.engine, "prefix_bytes", 0)
+        starts: dict[int, int] = {}
+        computing: set = set()
+        for rid, n in list(plan):
             seq, it = self.seqs[rid], self.sched.items[rid]
-            if reuse is not None and seq.prefill_left:
+            if on and seq.prefill_left:
                 skipped = reuse(seq, it.chunk)
                 if skipped:
                     self.sched.advance(rid, skipped)
-                starts[rid] = seq.n_cached
+                key = self.engine.chunk_key(seq, it.chunk)
+                if key is not None and key in computing:
+                    # another request computes this very chunk now: wait a step and reuse it
+                    plan.remove((rid, n))
+                    continue
+                computing.add(key)
+            starts[rid] = seq.n_cached
+        if not plan:
+            return []
         events = self.engine.step([(self.seqs[rid], n) for rid, n in plan])
         for (rid, n), (seq, _, done) in zip(plan, events, strict=True):
             if rid in starts and seq.n_cached - starts[rid] == self.sched.items[rid].chunk:
