@@ -5,10 +5,13 @@
     # snapshot, restore, drop; Seq and KvSnapshot are that module's (KvSnapshot.kv holds
     # llama.cpp's per-sequence state bytes as a uint8 tensor)
 
-One `llama_batch` and one `llama_decode` per step for every sequence the scheduler picked
-(prefill chunks and decode tokens together), each request under its own llama.cpp sequence
-id. The KV cache is not unified (`kv_unified=False`): every sequence id has its own stream
-of `n_ctx_seq` cells, so where a request's keys sit, and hence its numerics, do not depend on
+Each request runs under its own llama.cpp sequence id. A step is one `llama_batch` and one
+`llama_decode` for the decode tokens of every running request, plus one per prefill chunk:
+llama.cpp splits a batch that mixes a chunk with decode tokens into ubatches of equal shares
+per sequence, and the chunk's tokens then come out differently than in a solo run (measured:
+the greedy text changed), so a chunk always runs as it would alone.
+The KV cache is not unified (`kv_unified=False`): every sequence id has its own stream of
+`n_ctx_seq` cells, so where a request's keys sit, and hence its numerics, do not depend on
 what else runs; greedy output is token-identical solo or batched.
 
 Sequence ids are a pool of `n_seq_max` slots, not one per request: a request that is
@@ -167,7 +170,14 @@ class LlamaCppEngine:
             else:
                 toks = seq.tokens[seq.n_cached:seq.n_cached + 1]
             feeds.append((seq, toks))
-        logits = self._decode(feeds)
+        # decode tokens share one llama_decode; each prefill chunk gets one of its own, because
+        # llama.cpp splits a batch that mixes them (one ubatch per equal share of tokens per
+        # sequence) and a chunk's numerics then depend on the others: measured, tokens differ
+        decodes = [f for f in feeds if f[0].n_cached >= f[0].n_prompt]
+        logits = self._decode(decodes) if decodes else {}
+        for f in feeds:
+            if f[0].n_cached < f[0].n_prompt:
+                logits.update(self._decode([f]))
         events: list[tuple[Seq, list[int], bool]] = []
         for seq, toks in feeds:
             seq.n_cached += len(toks)

@@ -63,6 +63,8 @@ def test_batched_with_15_others_is_token_identical(eng, solo):
     first = run(eng, seqs[:1], steps=3)
     rest = run(eng, seqs, chunk=5)
     assert first[0] + rest[0] == solo
+    # a prompt whose chunks shared steps with others' decodes: the same as its solo run, same chunks
+    assert rest[5] == run(eng, [eng.add(5, prompt(eng, 5), N)], chunk=5)[5]
     assert len({tuple(v) for v in rest.values()}) > 8  # the others really generated their own text
     assert not eng.holders  # finished sequences left the cache
 
