@@ -50,7 +50,10 @@ class Gate:
         row = self.table.get(aid)
         if row is None or not row.status.alive:
             raise AiosError("EACCES", f"agent {aid} has exited; its token is no longer valid")
-        return Principal(row.aid, row.name, row.group or row.name, row.parent), row
+        p = row.principal
+        if p is None:  # made once per agent: this runs on every request
+            p = row.principal = Principal(row.aid, row.name, row.group or row.name, row.parent)
+        return p, row
 
     def aid_of(self, ident: bytes, user: bytes) -> int:
         if user.startswith(b"aid:"):

@@ -47,6 +47,7 @@ class AgentRow:
     context_strategy: str | None = None
     group: str = ""
     token: str = field(default="", repr=False)  # never leaves the kernel
+    principal: object = field(default=None, repr=False, compare=False)  # cached by the kernel
 
     def public(self) -> dict:
         """The row as aios-ps --json shows it (pinned keys first); no secrets."""

@@ -60,6 +60,9 @@ class Client:
     def _sock(self) -> zmq.Socket:
         sock = getattr(self._local, "sock", None)
         if sock is None:
+            # checked once per connection, not per call: a stat per call costs more than routing
+            if not (self.home / "run" / "kernel.sock").exists():
+                raise Unavailable("EUNAVAIL", f"aiosd is not running on {self.home}")
             sock = self._ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
             sock.setsockopt_string(zmq.PLAIN_USERNAME, self.user)
@@ -73,8 +76,6 @@ class Client:
         return sock
 
     def _send(self, name: str, args: dict | None, sock: zmq.Socket | None = None) -> tuple[zmq.Socket, int]:
-        if not (self.home / "run" / "kernel.sock").exists():
-            raise Unavailable("EUNAVAIL", f"aiosd is not running on {self.home}")
         rid = next(self._ids)
         body = protocol.pack_msg({"id": rid, "call": name, "args": args or {}}, SHM_THRESHOLD)
         sock = sock or self._sock()
@@ -85,6 +86,8 @@ class Client:
         ms = -1 if timeout is None else int(timeout * 1000)
         while True:
             if not sock.poll(ms):
+                if not (self.home / "run" / "kernel.sock").exists():
+                    raise Unavailable("EUNAVAIL", f"aiosd is not running on {self.home}")
                 raise error_for("ETIMEDOUT", f"no answer from aiosd within {timeout:g} s")
             msg, refs = protocol.unpack_refs(sock.recv(), 1 << 31)
             if isinstance(msg, dict) and msg.get("id") in (rid, None):
