@@ -84,7 +84,7 @@ def make_engine(cfg: Config) -> Any:
         # torch only samples here; its idle OpenMP threads would spin against llama.cpp's own
         torch.set_num_threads(1)
         eng = LlamaCppEngine(source_of(cfg.model), n_seq_max=cfg.max_batch, n_ctx_seq=cfg.context_window,
-                             n_threads=cfg.torch_threads or os.cpu_count(),
+                             n_threads=model_threads(cfg),
                              max_batch_tokens=cfg.max_batch_tokens)
     else:
         from aiosd.engine import Engine
@@ -94,3 +94,14 @@ def make_engine(cfg: Config) -> Any:
     eng.kind = kind
     log.info("engine %s serving %s", kind, cfg.model)
     return eng
+
+
+def model_threads(cfg) -> int:
+    """Threads for the model: cfg.torch_threads, else one core fewer than the machine has.
+
+    Both engines' threads spin while they wait for each other; when an agent, the kernel or
+    a test takes one of their cores, a step can slow down twenty-fold (measured on 2 cores:
+    1 thread 28-37 tok/s, 2 threads 1.4-6.9 under load). Leaving one core to the rest of
+    the system costs far less than that when the machine is idle.
+    """
+    return int(cfg.torch_threads or max(1, (os.cpu_count() or 2) - 1))

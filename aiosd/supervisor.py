@@ -128,7 +128,9 @@ class Supervisor:
         if self.stopping:
             m.state = MgrState.EXITED
             return m
-        quick = time.time() - m.started_at < self.cfg.quick_death_s
+        # a manager that dies before its hello failed to start, however long that took
+        # (importing torch on a busy machine outlasts quick_death_s)
+        quick = m.ready_at < m.started_at or time.time() - m.started_at < self.cfg.quick_death_s
         m.quick_deaths = m.quick_deaths + 1 if quick else 0
         if m.quick_deaths >= self.cfg.fatal_after:
             m.state = MgrState.FATAL

@@ -96,10 +96,9 @@ class LlmManager(RemoteChat, Manager):
             raise AiosError("EINVAL", f"unknown llm backend {self.cfg.llm_backend!r}; local or openai")
         import torch
 
-        from aiosd.engines import make_engine
+        from aiosd.engines import make_engine, model_threads
 
-        if self.cfg.torch_threads:
-            torch.set_num_threads(self.cfg.torch_threads)
+        torch.set_num_threads(model_threads(self.cfg))  # before the model loads: see model_threads
         self.engine = make_engine(self.cfg)
         if self.cfg.prefix_cache and hasattr(self.engine, "remember_prefix"):
             self.engine.prefix_bytes = self.cfg.prefix_cache_bytes
