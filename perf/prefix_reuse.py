@@ -61,8 +61,9 @@ def main() -> None:
         (("--agents",), {"type": int, "default": 16}),
         (("--system-tokens",), {"type": int, "default": 500}),
         (("--chunks",), {"default": "256,128,64"}),
-        (("--max-batch-tokens",), {"type": int, "default": Config().max_batch_tokens})])
-    torch.set_num_threads(Config().torch_threads or torch.get_num_threads())
+        (("--max-batch-tokens",), {"type": int, "default": Config().max_batch_tokens}),
+        (("--threads",), {"type": int, "default": 0, "help": "torch threads (0: torch's default)"})])
+    torch.set_num_threads(args.threads or torch.get_num_threads())
     eng = Engine(resolve(Config()), device="cpu")
     n = 4 if args.quick else args.agents
     chunks = [int(c) for c in args.chunks.split(",")][:1 if args.quick else None]
@@ -72,7 +73,8 @@ def main() -> None:
                for i in range(n)]
     ttft(eng, prompts[:1], chunks[0], args.max_batch_tokens)  # warm the engine up
     rows, out = [], {"agents": n, "prompt_tokens": len(prompts[0]), "system_tokens": args.system_tokens,
-                     "max_batch_tokens": args.max_batch_tokens, "by_chunk": {}}
+                     "max_batch_tokens": args.max_batch_tokens, "threads": torch.get_num_threads(),
+                     "by_chunk": {}}
     for chunk in chunks:
         eng.prefix_bytes = 0
         off = ttft(eng, prompts, chunk, args.max_batch_tokens)
@@ -93,7 +95,8 @@ def main() -> None:
         out["by_chunk"][chunk] = res
         rows.append((chunk, res["off_mean_s"], res["cold_mean_s"], res["warm_mean_s"], res["speedup_cold"],
                      res["speedup_warm"]))
-    path = write_json("prefix_reuse" + ("_quick" if args.quick else ""), out)
+        print(rows[-1], flush=True)
+        path = write_json("prefix_reuse" + ("_quick" if args.quick else ""), out)  # each chunk size as it ends
     print(f"{n} agents, prompt {len(prompts[0])} tokens (shared system prompt {args.system_tokens})")
     print(markdown_table(("prefill chunk", "TTFT off (mean s)", "on, cold", "on, warm", "speedup cold",
                           "speedup warm"), rows))
