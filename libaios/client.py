@@ -98,6 +98,9 @@ class Client:
     def syscall(self, name: str, args: dict | None = None, timeout: float | None = -1.0) -> Any:
         """Make one syscall and return its result, or raise its error."""
         timeout = self.timeout if timeout == -1.0 else timeout
+        if name == "set_aid" and self.acting_as and (args or {}).get("aid") == self.acting_as:
+            self._sock()  # this thread's connection is bound to that agent when it is made
+            return self.acting_as
         result = self._call_on(None, name, args, timeout)
         if name == "set_aid":
             self.acting_as = int(result) or None
