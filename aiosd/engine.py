@@ -115,9 +115,7 @@ class Engine:
     def add(self, rid: int, prompt: list[int], max_tokens: int, temperature: float = 0.0,
             top_p: float = 1.0, seed: int | None = None) -> Seq:
         seq = Seq(rid, list(prompt), len(prompt), max_tokens, temperature, top_p, seed)
-        if temperature > 0:
-            seq.generator = torch.Generator(device="cpu")
-            seq.generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(7), "little"))
+        seq.generator = sampler_generator(temperature, seed)
         return seq
 
     def _ensure_cache(self, seq: Seq) -> None:
@@ -247,3 +245,12 @@ class Engine:
 
     def drop(self, seq: Seq) -> None:
         seq.cache = None
+
+
+def sampler_generator(temperature: float, seed: int | None) -> torch.Generator | None:
+    """A request's own RNG (its state goes into snapshots); None for greedy decoding."""
+    if temperature <= 0:
+        return None
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(7), "little"))
+    return gen

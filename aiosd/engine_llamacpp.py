@@ -35,7 +35,7 @@ import llama_cpp as L
 import numpy as np
 import torch
 
-from aiosd.engine import Engine, KvSnapshot, Seq
+from aiosd.engine import Engine, KvSnapshot, Seq, sampler_generator
 from aiosd.errors import AiosError
 from aiosd.gguf_tokenizer import GgufTokenizer
 
@@ -112,9 +112,7 @@ class LlamaCppEngine:
         if temperature < 0 or not 0 < top_p <= 1:
             raise AiosError("EINVAL", "temperature must be >= 0 and top_p in (0, 1]")
         seq = LSeq(rid, list(prompt), len(prompt), max_tokens, temperature, top_p, seed)
-        if temperature > 0:
-            seq.generator = torch.Generator(device="cpu")
-            seq.generator.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(7), "little"))
+        seq.generator = sampler_generator(temperature, seed)
         return seq
 
     # the cache: slots, swapping

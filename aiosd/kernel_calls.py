@@ -16,24 +16,13 @@ from aiosd import crypto, protocol
 from aiosd.access import Principal, agent_ids
 from aiosd.errors import AiosError
 from aiosd.limits import check_child
+from aiosd.procfs import proc_stats
 from aiosd.proctable import AgentRow, AgentState
 from aiosd.supervisor import MgrState, child_setup
 
 DEFERRED = object()
 RUNTIME_SETTINGS = {"scheduler": str, "quantum": int, "max_batch": int, "max_batch_tokens": int,
                     "syscall_rate": float, "context_window": int, "llm_tokens_per_min": int}
-_PAGE = os.sysconf("SC_PAGE_SIZE")
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def proc_stats(pid: int) -> tuple[float, int]:
-    """CPU seconds and RSS bytes of a live process, from /proc (cheap, no psutil)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK, int(fields[21]) * _PAGE
-    except (OSError, IndexError, ValueError):
-        return 0.0, 0
 
 
 class KernelCalls:

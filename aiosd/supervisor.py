@@ -19,18 +19,10 @@ import time
 from dataclasses import dataclass, field
 
 from aiosd.config import Config
+from aiosd.procfs import proc_stats
 
 _libc = ctypes.CDLL(None, use_errno=True)
 PR_SET_PDEATHSIG = 1
-
-
-def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as fh:
-            fields = fh.read().rsplit(b")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 class MgrState(enum.StrEnum):
@@ -159,7 +151,7 @@ class Supervisor:
         for m in self.procs.values():
             if m.state != MgrState.RUNNING or now - m.last_seen <= limit_s:
                 continue
-            cpu = _cpu_seconds(m.pid)
+            cpu = proc_stats(m.pid)[0]
             if cpu > m.last_cpu + 0.05:
                 m.last_cpu, m.last_seen = cpu, now - limit_s / 2  # look again in a while
                 continue

@@ -37,12 +37,7 @@ def initialize_agent(*, memory_quota: int | None = None, storage_quota: int | No
     >>> initialize_agent(memory_quota=1 << 20, context=[{"role": "system", "content": "Be brief."}])
     """
     s = _sys(client)
-    if memory_quota is not None:
-        s.mem_alloc(memory_quota)
-    if storage_quota is not None:
-        s.sto_alloc(storage_quota)
-    if context is not None:
-        s.set_context(context)
+    _apply_config(s, memory_quota, storage_quota, context)
     s.log_event("initialized", level="info")
 
 
@@ -160,12 +155,7 @@ def update_agent_config(aid: int | None = None, *, priority: int | None = None,
     s = _sys(client)
     if priority is not None:
         s.set_priority(aid if aid is not None else s.get_aid(), priority)
-    if memory_quota is not None:
-        s.mem_alloc(memory_quota)
-    if storage_quota is not None:
-        s.sto_alloc(storage_quota)
-    if context is not None:
-        s.set_context(context)
+    _apply_config(s, memory_quota, storage_quota, context)
     return True
 
 
@@ -256,3 +246,13 @@ __all__ = ["initialize_agent", "register_agent", "queue_for_execution", "generat
            "terminate_agent", "create_agent_snapshot", "rollback_agent_state", "update_agent_config",
            "authenticate_agent", "monitor_resource_usage", "log_event", "list_active_agents",
            "query_agent_history", "encrypt_data", "decrypt_data", "wait_for"]
+
+
+def _apply_config(s: Any, memory_quota: int | None, storage_quota: int | None, context: list | None) -> None:
+    """What initialize_agent and update_agent_config both set: quotas and the kept context."""
+    if memory_quota is not None:
+        s.mem_alloc(memory_quota)
+    if storage_quota is not None:
+        s.sto_alloc(storage_quota)
+    if context is not None:
+        s.set_context(context)

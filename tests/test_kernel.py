@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sys
-import time
 
 import msgpack
 import pytest
@@ -14,30 +13,10 @@ import zmq
 
 from libaios import AiosError, InvalidArgument, PermissionDenied
 from libaios.client import Client
+from procutil import alive, proc_state, wait_for
 
 NO_MANAGERS = {"managers": ""}
 
-
-def proc_state(pid: int) -> str:
-    with open(f"/proc/{pid}/stat") as fh:
-        return fh.read().rsplit(")", 1)[1].split()[0]
-
-
-def alive(pid: int) -> bool:
-    try:
-        return proc_state(pid) != "Z"
-    except OSError:
-        return False
-
-
-def wait_for(pred, timeout: float = 10.0, step: float = 0.02):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 def test_start_status_stop_and_second_start_refused(make_daemon):

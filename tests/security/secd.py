@@ -14,6 +14,7 @@ import zmq
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from conftest import Daemon  # noqa: E402  (tests/conftest.py: the one daemon launcher)
+from procutil import alive, wait_for  # noqa: E402  (re-exported to the security tests)
 
 from libaios.client import Client  # noqa: E402
 
@@ -97,23 +98,6 @@ def audit_of(d: Daemon, aid: int | None, call: str | None = None, wait_s: float 
             return recs
         time.sleep(0.05)
 
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def wait_for(pred, timeout: float = 10.0, step: float = 0.02):
-    t0 = time.monotonic()
-    while time.monotonic() - t0 < timeout:
-        v = pred()
-        if v:
-            return v
-        time.sleep(step)
-    raise AssertionError("condition not met in time")
 
 
 __all__ = ["SEC_CONFIG", "Client", "Daemon", "alive", "audit_of", "code_of", "os", "pack", "raw_socket", "rpc",
