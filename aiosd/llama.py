@@ -62,17 +62,23 @@ class Llama:
         ang = torch.cat([ang, ang], dim=-1)
         self.cos = ang.cos().to(self.device, dtype)
         self.sin = ang.sin().to(self.device, dtype)
-        self.min_rows = probe_min_rows(self.layers[0][4], self.layers[0][5],
-                                                                        self.lm_head.t()) if min_rows < 0 else min_rows
+        bad = probe_bad_rows(self.layers[0][4], self.layers[0][5], self.lm_head.t()) if min_rows < 0 \
+            else set(range(1, min_rows))
+        self.min_rows = max(bad) + 1 if bad else 1
+        # pad each matmul to the next safe row count, not always to min_rows: on 2 threads 4 and
+        # 8 rows are as safe as 12, so one decoding request costs 4 rows of compute, not 12
+        self.pad_to = [m if m not in bad else min(x for x in range(m, self.min_rows + 1) if x not in bad)
+                       for m in range(self.min_rows + 1)]
 
     def new_cache(self, capacity: int) -> torch.Tensor:
         """One tensor per request: [layers, 2 (K, V), kv_heads, capacity, head_dim]."""
         return host_empty((self.n_layers, 2, self.n_kv, capacity, self.head_dim), self.dtype, self.device)
 
     def _pad(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] >= self.min_rows:
+        m = x.shape[0]
+        if m >= self.min_rows or self.pad_to[m] == m:
             return x
-        return torch.cat([x, x.new_zeros(self.min_rows - x.shape[0], x.shape[1])])
+        return torch.cat([x, x.new_zeros(self.pad_to[m] - m, x.shape[1])])
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
@@ -127,20 +133,26 @@ class Llama:
         return (self._pad(xl) @ self.lm_head.t())[:len(segments)].float()
 
 
-def probe_min_rows(*weights: torch.Tensor, limit: int = 20) -> int:
-    """The least row count from which a row's matmul result no longer depends on the others."""
+def probe_bad_rows(*weights: torch.Tensor, limit: int = 20) -> set[int]:
+    """Row counts at which a row's matmul result differs from the same row in a 16-row product
+    (BLAS picks another kernel there); every other row count gives the same bits."""
     gen = torch.Generator(device="cpu").manual_seed(1234)
     for w in weights:
         if w.device.type != "cpu":
-            return 1  # measured on CPU only; a GPU backend must bring its own guarantee
-    best = 1
+            return set()  # measured on CPU only; a GPU backend must bring its own guarantee
+    bad: set[int] = set()
     for w in weights:
         x = torch.randn(limit, w.shape[0], generator=gen).to(w.dtype)
         # reference rows from two 16-row products (limit is 17..32)
         ref = torch.cat([x[:16] @ w, (x[limit - 16:] @ w)[32 - limit:]])
-        bad = [m for m in (*range(1, 17), limit) if not torch.equal(x[:m] @ w, ref[:m])]
-        best = max(best, (max(bad) + 1) if bad else 1)
-    return best
+        bad |= {m for m in (*range(1, 17), limit) if not torch.equal(x[:m] @ w, ref[:m])}
+    return bad
+
+
+def probe_min_rows(*weights: torch.Tensor, limit: int = 20) -> int:
+    """The least row count from which no row count gives a row other bits."""
+    bad = probe_bad_rows(*weights, limit=limit)
+    return max(bad) + 1 if bad else 1
 
 
 def host_empty(shape: tuple, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
