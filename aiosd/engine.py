@@ -137,24 +137,8 @@ class Engine:
         logits = self.model.forward(segments)
         events: list[tuple[Seq, list[int], bool]] = []
         for i, seq in enumerate(feeding):
-            seq.n_cached += len(segments[i][1])
-            if seq.n_cached < len(seq.tokens):
-                events.append((seq, [], False))  # mid-prefill: nothing to sample yet
-                continue
-            if seq.replay:
-                seq.tokens.append(seq.replay.pop(0))
-                events.append((seq, [], False))
-                continue
-            tok = self._sample(seq, logits[i])
-            if tok in self.eos_ids:
-                seq.finish_reason = "stop"
-                events.append((seq, [], True))
-                continue
-            seq.tokens.append(tok)
-            done = len(seq.tokens) - seq.n_prompt >= seq.max_tokens
-            if done:
-                seq.finish_reason = "length"
-            events.append((seq, [tok], done))
+            events.append(advance(seq, len(segments[i][1]), lambda s=seq, i=i: self._sample(s, logits[i]),
+                                  self.eos_ids))
         return events
 
     def _sample(self, seq: Seq, logits: torch.Tensor) -> int:
@@ -254,3 +238,24 @@ def sampler_generator(temperature: float, seed: int | None) -> torch.Generator |
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed if seed is not None else int.from_bytes(os.urandom(7), "little"))
     return gen
+
+
+def advance(seq: Seq, n_fed: int, pick, eos_ids) -> tuple[Seq, list[int], bool]:
+    """A sequence's event after a step fed n_fed of its tokens: mid-prefill, a replayed token
+    (recompute after a dropped snapshot), or a sampled one (`pick()`), ending on EOS or length.
+    Both engines share it, so a request finishes the same way whichever engine serves it."""
+    seq.n_cached += n_fed
+    if seq.n_cached < len(seq.tokens):
+        return seq, [], False  # mid-prefill: nothing to sample yet
+    if seq.replay:
+        seq.tokens.append(seq.replay.pop(0))
+        return seq, [], False
+    tok = pick()
+    if tok in eos_ids:
+        seq.finish_reason = "stop"
+        return seq, [], True
+    seq.tokens.append(tok)
+    done = len(seq.tokens) - seq.n_prompt >= seq.max_tokens
+    if done:
+        seq.finish_reason = "length"
+    return seq, [tok], done

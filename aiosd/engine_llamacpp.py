@@ -35,7 +35,7 @@ import llama_cpp as L
 import numpy as np
 import torch
 
-from aiosd.engine import Engine, KvSnapshot, Seq, sampler_generator
+from aiosd.engine import Engine, KvSnapshot, Seq, advance, sampler_generator
 from aiosd.errors import AiosError
 from aiosd.gguf_tokenizer import GgufTokenizer
 
@@ -178,31 +178,16 @@ class LlamaCppEngine:
                 logits.update(self._decode([f]))
         events: list[tuple[Seq, list[int], bool]] = []
         for seq, toks in feeds:
-            seq.n_cached += len(toks)
-            if seq.n_cached < len(seq.tokens):
-                events.append((seq, [], False))  # mid-prefill: nothing to sample yet
-                continue
-            if seq.replay:
-                seq.tokens.append(seq.replay.pop(0))
-                events.append((seq, [], False))
-                continue
-            row = logits[id(seq)]
-            if seq.temperature <= 0 or seq.generator is None:
-                tok = int(np.argmax(row))  # as torch.argmax: the first of equal maxima
-            else:
-                tok = Engine._sample(self, seq, torch.from_numpy(row))  # type: ignore[arg-type]
-            if tok in self.eos_ids:
-                seq.finish_reason = "stop"
-                self._release(seq)
-                events.append((seq, [], True))
-                continue
-            seq.tokens.append(tok)
-            done = len(seq.tokens) - seq.n_prompt >= seq.max_tokens
-            if done:
-                seq.finish_reason = "length"
-                self._release(seq)
-            events.append((seq, [tok], done))
+            event = advance(seq, len(toks), lambda s=seq: self._pick(s, logits[id(s)]), self.eos_ids)
+            if event[2]:
+                self._release(seq)  # a finished request leaves the cache at once
+            events.append(event)
         return events
+
+    def _pick(self, seq: LSeq, row: np.ndarray) -> int:
+        if seq.temperature <= 0 or seq.generator is None:
+            return int(np.argmax(row))  # as torch.argmax: the first of equal maxima
+        return Engine._sample(self, seq, torch.from_numpy(row))  # type: ignore[arg-type]
 
     def _decode(self, feeds: list[tuple[LSeq, list[int]]]) -> dict[int, np.ndarray]:
         """Feed every sequence's tokens; the logits of each one's last token if it samples next."""
