@@ -16,8 +16,11 @@ import subprocess
 import sys
 import time
 
-from aiosd.gateway.keys import KeyStore
-from perf._harness import REPO, Daemon, markdown_table, parse_args, percentile, plot_bars, write_json
+from pathlib import Path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from aiosd.gateway.keys import KeyStore  # noqa: E402
+from perf._harness import REPO, Daemon, markdown_table, parse_args, percentile, plot_bars, write_json  # noqa: E402
 
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(3600)"]
 PROCS = 4  # client processes per side; each runs clients/PROCS threads

@@ -13,7 +13,10 @@ import os
 import sys
 import time
 
-from perf._harness import Daemon, markdown_table, parse_args, percentile, plot_bars, write_json
+from pathlib import Path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from perf._harness import Daemon, markdown_table, parse_args, percentile, plot_bars, write_json  # noqa: E402
 
 WRITERS = 16
 WORKER = r"""

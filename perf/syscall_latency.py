@@ -16,7 +16,10 @@ import time
 import msgpack
 import zmq
 
-from perf._harness import Daemon, markdown_table, parse_args, percentile, plot_bars, write_json
+from pathlib import Path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from perf._harness import Daemon, markdown_table, parse_args, percentile, plot_bars, write_json  # noqa: E402
 
 WORKER = r"""
 import sys, time, libaios

@@ -16,7 +16,11 @@ import json
 import threading
 import time
 
-from perf._harness import Daemon, markdown_table, parse_args, percentile, plot_bars, write_json
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
+
+from perf._harness import Daemon, markdown_table, parse_args, percentile, plot_bars, write_json  # noqa: E402
 
 
 def timed(fn, n: int, gap: float = 0.0) -> list[float]:
