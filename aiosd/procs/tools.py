@@ -91,7 +91,7 @@ class ToolsManager(Manager):
                 held.append(c)    # its tool is at its limit; others behind it may go
                 continue
             try:
-                self.pool.submit(c.job)
+                self.pool.submit(c.job, self.registry.warm(c.tool.name))
             except OSError as exc:
                 self.fail(c.req_id, "EIO", f"tool {c.tool.name}: {exc}")
                 continue

@@ -1,6 +1,11 @@
-"""The tools manager's side of the warm pool: N worker processes (aiosd.tools.worker),
+"""The tools manager's side of the warm pool: worker processes (aiosd.tools.worker),
 each started in its own session with a scrubbed environment and no inherited
 descriptors, fed jobs over a pipe; answers are polled without blocking from tick().
+
+Two kinds of worker, N of each: warm ones, which have run every tool module's `warm()`
+(sympy, OpenCV, scikit-image loaded), and light ones, which have not. A tool whose module
+has no `warm()` runs in a light one: forking, and later tearing down, a process a third
+the size is milliseconds less of CPU per call on a small machine.
 
 A worker that dies fails its calls with EIO and is restarted; a call whose worker does
 not answer by its deadline plus a grace period is killed from here (the backstop).
@@ -35,6 +40,7 @@ class Proc:
     ready: bool = False
     used: float = 0.0                             # last submit: ties go to the least recent
     spares: int = 0                               # pre-forked children it last reported
+    warm: bool = True
 
     @property
     def out_fd(self) -> int:
@@ -48,15 +54,16 @@ class Pool:
         self.tools_cfg = tools_cfg
         self.scratch_root = scratch_root
         self.env = sandbox.scrub_env(dict(os.environ), keep_env)
-        self.procs: list[Proc] = [self._spawn() for _ in range(self.size)]
+        self.procs: list[Proc] = [self._spawn(warm) for warm in (True, False) for _ in range(self.size)]
 
-    def _spawn(self) -> Proc:
+    def _spawn(self, warm: bool) -> Proc:
         popen = subprocess.Popen([sys.executable, "-m", "aiosd.tools.worker"], stdin=subprocess.PIPE,
                                  stdout=subprocess.PIPE, close_fds=True, start_new_session=True,
                                  env=self.env, bufsize=0)
-        p = Proc(popen)
+        p = Proc(popen, warm=warm)
         os.set_blocking(p.out_fd, False)
-        self._write(p, {"init": {"tools_cfg": self.tools_cfg, "scratch_root": str(self.scratch_root)}})
+        self._write(p, {"init": {"tools_cfg": self.tools_cfg, "scratch_root": str(self.scratch_root),
+                                 "warm": warm}})
         return p
 
     def _write(self, p: Proc, msg: dict) -> bool:
@@ -67,10 +74,11 @@ class Pool:
         except (BrokenPipeError, OSError):
             return False
 
-    def submit(self, job: dict) -> None:
+    def submit(self, job: dict, warm: bool = True) -> None:
         # least loaded, then least recently used: a worker re-forks its spare child right
         # after a call, so the other one is the quicker to take the next
-        p = min(self.procs, key=lambda q: (not q.ready, len(q.jobs), -q.spares, q.used))
+        p = min((q for q in self.procs if q.warm == warm),
+                key=lambda q: (not q.ready, len(q.jobs), -q.spares, q.used))
         p.used = time.monotonic()
         p.spares = max(0, p.spares - 1)
         p.jobs[job["job"]] = time.monotonic() + float(job.get("timeout") or 30.0) + GRACE_S
@@ -145,7 +153,7 @@ class Pool:
         failed = [{"done": j, "ok": False, "error": {"code": "EIO", "message": f"{why}; the call was lost"}}
                   for j in p.jobs]
         self._kill(p)
-        self.procs[self.procs.index(p)] = self._spawn()
+        self.procs[self.procs.index(p)] = self._spawn(p.warm)
         return failed
 
     def _kill(self, p: Proc) -> None:

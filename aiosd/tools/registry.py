@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -109,6 +110,7 @@ class Registry:
         self.tools: dict[str, Tool] = {}
         self.modules: list[str] = []   # what a sandbox worker imports to rebuild this registry
         self.errors: list[str] = []    # plugins that failed to load (reported, not fatal)
+        self.origin: dict[str, str] = {}  # tool name -> the module that defines it
 
     def add(self, tool: Tool, overrides: dict | None = None) -> None:
         for key in ("cpu_s", "memory", "concurrency"):
@@ -135,6 +137,13 @@ class Registry:
         self.modules.append(name)
         for tool in _tools_of(mod):
             self.add(tool, tools_cfg.get(tool.name) if isinstance(tools_cfg.get(tool.name), dict) else None)
+            self.origin[tool.name] = name
+
+    def warm(self, name: str) -> bool:
+        """Whether a tool's module has a `warm()` (heavy imports done once per worker): its
+        calls go to warm workers; the rest to light ones, which fork and exit faster."""
+        mod = sys.modules.get(self.origin.get(name, ""))
+        return mod is not None and callable(getattr(mod, "warm", None))
 
 
 def build(tools_cfg: dict | None = None, *, mcp: bool = True) -> Registry:
@@ -147,6 +156,7 @@ def build(tools_cfg: dict | None = None, *, mcp: bool = True) -> Registry:
         try:
             for tool in _tools_of(ep.load()):
                 reg.add(tool, tools_cfg.get(tool.name) if isinstance(tools_cfg.get(tool.name), dict) else None)
+                reg.origin[tool.name] = ep.module
             reg.modules.append(ep.module)
         except Exception as exc:
             reg.errors.append(f"entry point {ep.name}: {type(exc).__name__}: {exc}")

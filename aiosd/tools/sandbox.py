@@ -1,10 +1,11 @@
 """What happens inside one sandboxed tool call: the forked child's confinement and run.
 
-The child of a warm worker puts itself in its own process group, closes every inherited
-descriptor but its result pipe (so no kernel or manager socket leaks), sets its rlimits
-(CPU seconds, address space, open files, no core dumps), replaces its environment by a
-short allowlist plus the API keys its tool declared, works in its scratch directory, and
-writes one framed msgpack answer before `_exit`.
+The child of a warm worker is forked before its call comes (a spare). Waiting, it puts
+itself in its own process group, closes every inherited descriptor but its two pipes (so no
+kernel or manager socket leaks), replaces its environment by a short allowlist, works in
+its own scratch directory and allows no core dumps. Its one job then sets the rest: the
+API keys its tool declared and its rlimits (CPU seconds, address space, open files). It
+runs that one job, writes one framed msgpack answer and `_exit`s: one process per call.
 """
 
 from __future__ import annotations
@@ -67,7 +68,12 @@ def _limit(which: int, value: int) -> None:
         resource.setrlimit(which, (min(value, hard) if hard != resource.RLIM_INFINITY else value, hard))
 
 
-def confine(job: dict, keep_fd: int, err_path: Path, base_vm: int) -> None:
+def prepare(keep: tuple[int, ...], err_path: Path) -> dict:
+    """The part of the confinement that no job changes, done by a spare before its job
+    arrives: default signals, /dev/null for stdin and the scratch's .stderr for stdout and
+    stderr, every other descriptor closed, the environment cut to BASE_ENV, the scratch as
+    cwd and HOME, no core dumps. Returns the variables taken out of the environment; the
+    job's own `env_names` are put back from them and the rest dropped."""
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     signal.signal(signal.SIGPIPE, signal.SIG_DFL)
@@ -76,19 +82,29 @@ def confine(job: dict, keep_fd: int, err_path: Path, base_vm: int) -> None:
     err = os.open(err_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.dup2(err, 1)
     os.dup2(err, 2)
-    os.closerange(3, keep_fd)
-    os.closerange(keep_fd + 1, 1 << 16)
+    low = 3
+    for fd in sorted(keep):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 16)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 - lives as long as the child
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
     scratch = err_path.parent
-    env = {k: os.environ[k] for k in BASE_ENV if k in os.environ}
-    env.update({k: os.environ[k] for k in job.get("env_names", ()) if k in os.environ})
+    taken = dict(os.environ)
+    env = {k: taken[k] for k in BASE_ENV if k in taken}
     env.update(HOME=str(scratch), TMPDIR=str(scratch))
     os.environ.clear()
     os.environ.update(env)
     os.chdir(scratch)
     os.umask(0o077)
     _limit(resource.RLIMIT_CORE, 0)
+    return taken
+
+
+def confine(job: dict, taken: dict, base_vm: int) -> None:
+    """The part that depends on the job: its declared variables and its rlimits."""
+    os.environ.update({k: taken[k] for k in job.get("env_names", ()) if k in taken})
+    taken.clear()
     cpu = int(job.get("cpu_s") or 0)
     if cpu > 0:
         resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
@@ -141,24 +157,37 @@ def read_frame(fd: int) -> Any:
     return None if body is None else protocol.unpack(body, 1 << 31)
 
 
-def spare_main(reg: Registry, job_fd: int, w: int, base_vm: int) -> None:
-    """A pre-forked child: waits for its one job, confines itself, runs it, answers, _exits.
-    Forking ahead of time keeps the fork (tens of ms for a worker with sympy, OpenCV and
-    scikit-image loaded) off the call's path. Never returns."""
+def rehearse(reg: Registry) -> None:
+    """Walk the call path once on a dummy job before the real one comes: a forked child
+    pays a copy-on-write page fault the first time it writes each page it shares with the
+    worker (every refcount it touches), so paying them now keeps them off the call."""
+    job = protocol.unpack(protocol.pack({"job": 0, "tool": "", "args": {}, "timeout": 30.0, "cpu_s": 0,
+                                          "memory": 0, "nofile": 0, "env_names": [], "url": "", "caller": "",
+                                          "extra": {}, "mcp": None, "scratch": ""}), 1 << 20)
+    ToolContext(scratch=Path("."), url=job["url"], timeout=float(job["timeout"]), caller=job["caller"],
+                extra=job["extra"] or {})
+    reg.tools.get(job["tool"])
+    frame({"ok": True, "result": {"ok": True, "n": 1, "x": 1.0, "s": "", "l": [None]}})
+
+
+def spare_main(reg: Registry, job_fd: int, w: int, scratch: Path, base_vm: int) -> None:
+    """A pre-forked child: confines itself as far as it can without its job, waits for the
+    job, takes on the job's limits, runs it, answers and _exits. Forking ahead of time
+    keeps the fork (milliseconds for a worker with sympy, OpenCV and scikit-image loaded)
+    and most of the confinement off the call's path. Never returns."""
     code = 0
     try:
         os.setpgid(0, 0)
-        keep = sorted((job_fd, w))
-        # drop the worker's other pipes at once: a spare must not keep them open
-        os.closerange(3, keep[0])
-        os.closerange(keep[0] + 1, keep[1])
-        os.closerange(keep[1] + 1, 1 << 16)
+        taken = prepare((job_fd, w), scratch / ".stderr")
+        rehearse(reg)
         job = read_frame(job_fd)
-        if job is None:
+        if job is None:  # the worker closed or died: nothing to run, nothing to leave behind
+            import shutil
+            os.chdir("/")
+            shutil.rmtree(scratch, ignore_errors=True)
             os._exit(0)
         os.close(job_fd)
-        scratch = Path(job["scratch"])
-        confine(job, w, scratch / ".stderr", base_vm)
+        confine(job, taken, base_vm)
         answer = execute(reg, job, scratch)
         try:
             data = frame(answer)

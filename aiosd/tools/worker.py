@@ -34,6 +34,7 @@ class Spare:
     pid: int
     job_fd: int   # the worker writes the one job here
     fd: int       # the child's answer comes back here
+    scratch: Path  # made with the spare, so that it can settle in before its job
 
 
 @dataclass
@@ -70,7 +71,9 @@ class Worker:
         self.scratch_root = Path(spec.get("scratch_root") or tempfile.gettempdir())
         self.scratch_root.mkdir(parents=True, exist_ok=True)
         self.reg = registry.build(spec.get("tools_cfg") or {}, mcp=False)
-        for mod in list(dict.fromkeys(self.reg.modules)):
+        # a light worker skips the warm-ups (sympy, OpenCV, ...): its calls fork and exit
+        # a process a third the size
+        for mod in list(dict.fromkeys(self.reg.modules)) if spec.get("warm", True) else []:
             warm = getattr(importlib.import_module(mod), "warm", None)
             if warm is not None:
                 try:
@@ -84,28 +87,28 @@ class Worker:
         self.send({"ready": os.getpid(), "errors": self.reg.errors})
 
     def fork_spare(self) -> Spare:
+        scratch = Path(tempfile.mkdtemp(prefix="call-", dir=self.scratch_root))
         jr, jw = os.pipe()
         r, w = os.pipe()
         pid = os.fork()
         if pid == 0:
-            sandbox.spare_main(self.reg, jr, w, self.base_vm)
+            sandbox.spare_main(self.reg, jr, w, scratch, self.base_vm)
         try:
             os.setpgid(pid, pid)  # also done by the child; whichever runs first wins the race
         except OSError:
             pass
         os.close(jr)
         os.close(w)
-        return Spare(pid, jw, r)
+        return Spare(pid, jw, r, scratch)
 
     def refill(self) -> None:
         while len(self.spares) < SPARES:
             self.spares.append(self.fork_spare())
 
     def start(self, job: dict) -> None:
-        job["scratch"] = tempfile.mkdtemp(prefix=f"{str(job.get('tool', 'tool'))[:32]}-", dir=self.scratch_root)
         sp = self.spares.pop(0) if self.spares else self.fork_spare()
         now = time.monotonic()
-        c = Child(job, sp.pid, sp.fd, Path(job["scratch"]), now + float(job.get("timeout") or 30.0), now)
+        c = Child(job, sp.pid, sp.fd, sp.scratch, now + float(job.get("timeout") or 30.0), now)
         try:
             data = memoryview(sandbox.frame(job))
             while data:
@@ -244,7 +247,7 @@ class Worker:
 
     def shutdown(self) -> None:
         for sp in self.spares:
-            os.close(sp.job_fd)  # EOF: the spare exits
+            os.close(sp.job_fd)  # EOF: the spare removes its scratch and exits
         for c in list(self.children.values()):
             self.kill(c, "cancel")
             shutil.rmtree(c.scratch, ignore_errors=True)
