@@ -5,7 +5,9 @@ Targets: trivial tool_call p50 <= 5 ms end to end; >= 4x for 8 independent 1-sec
 calls. A trivial call is measured paced (one every 50 ms, as an agent makes them) and
 back to back (bounded by how fast the workers can fork fresh children). The baselines
 are measured in the same run: tool_list (the same route to the tools manager, no
-sandbox) and get_aid (the kernel alone).
+sandbox), paced like the calls and back to back, and get_aid (the kernel alone). The
+pool's overhead is the paced tool_call less the paced tool_list: a process woken after
+50 ms idle answers slower than one kept busy, on this route as on any other.
 
     python -m perf.tools [--quick]
 """
@@ -80,6 +82,7 @@ def main(argv=None) -> dict:
             c.syscall("tool_call", {"name": "perf_noop", "args": {}})
         kernel = timed(lambda: c.syscall("get_aid"), n)
         route = timed(lambda: c.syscall("tool_list"), n)
+        route_paced = timed(lambda: c.syscall("tool_list"), n, gap=0.05)
         noop = {"name": "perf_noop", "args": {}}
         # paced: one call every 50 ms, as an agent makes them; the worker re-forks its spare
         # child between calls, so each call finds a ready one
@@ -98,19 +101,22 @@ def main(argv=None) -> dict:
         "in_worker_p50_s": percentile(inside, 50),
         "back_to_back_p50_s": percentile(burst, 50), "back_to_back_p99_s": percentile(burst, 99),
         "tool_list_p50_s": percentile(route, 50), "get_aid_p50_s": percentile(kernel, 50),
-        "pool_overhead_p50_s": p50 - percentile(route, 50),
+        "tool_list_paced_p50_s": percentile(route_paced, 50),
+        "pool_overhead_p50_s": p50 - percentile(route_paced, 50),
         "parallel_calls": calls, "call_seconds": seconds, "sequential_s": sequential, "parallel_s": par,
         "speedup": sequential / par, "targets": {"tool_call_p50_s": 0.005, "speedup": 4.0},
-        "met": {"tool_call_p50": p50 <= 0.005, "speedup": sequential / par >= 4.0}, "quick": args.quick,
+        "met": {"tool_call_p50": p50 <= 0.005, "speedup": sequential / par >= 4.0,
+                "pool_overhead_p50": p50 - percentile(route_paced, 50) <= 0.005}, "quick": args.quick,
     }
     print(markdown_table(["measure", "value"], [
         ("get_aid p50 (kernel only) ms", result["get_aid_p50_s"] * 1e3),
-        ("tool_list p50 (to the manager) ms", result["tool_list_p50_s"] * 1e3),
+        ("tool_list p50 (to the manager) ms, back to back", result["tool_list_p50_s"] * 1e3),
+        ("tool_list p50 ms, paced 50 ms apart", result["tool_list_paced_p50_s"] * 1e3),
         ("trivial tool_call p50 ms, paced 50 ms apart (target <= 5)", p50 * 1e3),
         ("trivial tool_call p99 ms, paced", result["tool_call_p99_s"] * 1e3),
         ("of which in the worker (child run + answer) p50 ms", result["in_worker_p50_s"] * 1e3),
         ("trivial tool_call p50 ms, back to back", result["back_to_back_p50_s"] * 1e3),
-        ("pool overhead p50 ms (tool_call - tool_list)", result["pool_overhead_p50_s"] * 1e3),
+        ("pool overhead p50 ms (paced tool_call - paced tool_list)", result["pool_overhead_p50_s"] * 1e3),
         (f"{calls} x {seconds:g} s calls, one after another s", sequential),
         (f"{calls} x {seconds:g} s calls, in parallel s", par),
         ("speed-up (target >= 4)", result["speedup"]),

@@ -179,6 +179,23 @@ def test_sandbox_has_no_secrets_sockets_or_cores(td):
     assert not Path(out["scratch"]).exists()
 
 
+def test_every_call_is_a_fresh_process_with_nothing_left_by_earlier_calls(td):
+    """Spares are forked ahead of time, but each runs one call: no process, module state,
+    environment or scratch file carries over, between calls of one agent or of two."""
+    _, other = td.agent("state-other")
+    outs = [call(td, "test_state", {"mark": str(i)}, client=(td.root if i % 2 else other)) for i in range(12)]
+    contents = [o["content"] for o in outs]
+    assert len({c["pid"] for c in contents}) == len(contents)
+    assert len({c["scratch"] for c in contents}) == len(contents)
+    for c in contents:
+        assert c["found"] == {"global": [], "env": None, "scratch": []}, c
+    # nothing of a call outlives it: the worker removes a scratch after reaping its process
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(Path(c["scratch"]).exists() for c in contents):
+        time.sleep(0.05)
+    assert not any(Path(c["scratch"]).exists() for c in contents)
+
+
 def test_parallel_calls_overlap(td):
     def run(results, i):
         results[i] = call(td, "test_sleep", {"seconds": 1.0}, client=libaios.Client(td.home))

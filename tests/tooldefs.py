@@ -44,6 +44,21 @@ def t_echo(args: dict, ctx: ToolContext) -> dict:
             "nofile": resource.getrlimit(resource.RLIMIT_NOFILE)[0], "scratch": str(ctx.scratch)}
 
 
+_SEEN: list = []  # module state: a call that finds an earlier call's mark here shares a process
+
+
+def t_state(args: dict, ctx: ToolContext) -> dict:
+    """Leaves marks in its process (a global, an environment variable, a file in its
+    scratch, a file in /tmp) and reports the marks it found from earlier calls."""
+    found = {"global": list(_SEEN), "env": os.environ.get("AIOS_TEST_MARK"),
+             "scratch": sorted(p.name for p in ctx.scratch.iterdir() if p.name != ".stderr")}
+    mark = str(args.get("mark", ""))
+    _SEEN.append(mark)
+    os.environ["AIOS_TEST_MARK"] = mark
+    (ctx.scratch / f"mark-{mark}").write_text(mark)
+    return {"pid": os.getpid(), "ppid": os.getppid(), "found": found, "scratch": str(ctx.scratch)}
+
+
 def t_burn(args: dict, ctx: ToolContext) -> None:
     while True:
         pass
@@ -58,6 +73,7 @@ TOOLS = [
     Tool("test_raise", "raises", OBJ, t_raise),
     Tool("test_echo", "echoes its sandbox", OBJ, t_echo),
     Tool("test_burn", "burns CPU", OBJ, t_burn, cpu_s=1),
+    Tool("test_state", "leaves marks in its process and reports earlier ones", OBJ, t_state),
     Tool("test_one_at_a_time", "sleeps, one call at a time", {"type": "object", "properties": {
         "seconds": {"type": "number"}}}, t_sleep, concurrency=1),
 ]
