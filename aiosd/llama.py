@@ -6,10 +6,13 @@ on what else is in the batch. One call runs a *flat* batch: the tokens of severa
 concatenated; the linear layers (the FLOPs) run over all rows at once, attention runs per
 request over that request's own cache.
 
-Batch invariance: BLAS picks different kernels for small row counts (on MKL/AVX2 a row's result
-differs when M is 1-3, 5-7 or 9-11), so `min_rows` is probed once at load and every matmul is
-padded to at least that many rows. Past it, a row's result is the same whatever the other rows
-are, which is what makes greedy output token-identical solo and batched.
+Batch invariance: a row's result must not depend on how many rows the matmul has. MKL's sgemm
+picks other kernels for small row counts (a row differs when M is 1-3 on one thread, also 5-7 and
+9-11 on two), so padding every matmul to a safe row count made one decoding request pay for 4-12
+rows. oneDNN's matmul on a weight packed once at load computes each row the same way at every M
+(probed: 1..64 rows, 1 and 2 threads) and is as fast as MKL's gemv at M=1, so that is the CPU
+path. Which row counts are unsafe is still probed at load, with the kernel actually used; where
+any are (another CPU, another library), every matmul is padded to the next safe row count.
 """
 
 from __future__ import annotations
@@ -44,25 +47,25 @@ class Llama:
             sd.update(load_file(str(f)))
         w = {k.removeprefix("model."): v.to(device=self.device, dtype=dtype) for k, v in sd.items()}
         self.embed = w["embed_tokens.weight"]
-        self.lm_head = w.get("lm_head.weight", self.embed) if not cfg.get("tie_word_embeddings") else self.embed
+        self.lm_head = Linear(w.get("lm_head.weight", self.embed) if not cfg.get("tie_word_embeddings")
+                              else self.embed)
         self.norm = w["norm.weight"]
         self.layers = []
         for i in range(self.n_layers):
             p = f"layers.{i}."
             # fused projections: fewer, larger matmuls
-            # (x @ w.t() multiplies by the stored [out, in] matrix without copying it)
             qkv = torch.cat([w[p + "self_attn.q_proj.weight"], w[p + "self_attn.k_proj.weight"],
-                             w[p + "self_attn.v_proj.weight"]]).t()
-            gate_up = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]]).t()
-            self.layers.append((w[p + "input_layernorm.weight"], qkv, w[p + "self_attn.o_proj.weight"].t(),
-                                w[p + "post_attention_layernorm.weight"], gate_up,
-                                w[p + "mlp.down_proj.weight"].t()))
+                             w[p + "self_attn.v_proj.weight"]])
+            gate_up = torch.cat([w[p + "mlp.gate_proj.weight"], w[p + "mlp.up_proj.weight"]])
+            self.layers.append((w[p + "input_layernorm.weight"], Linear(qkv),
+                                Linear(w[p + "self_attn.o_proj.weight"]), w[p + "post_attention_layernorm.weight"],
+                                Linear(gate_up), Linear(w[p + "mlp.down_proj.weight"])))
         inv = 1.0 / (theta ** (torch.arange(0, self.head_dim, 2, dtype=torch.float64) / self.head_dim))
         ang = torch.outer(torch.arange(self.max_pos, dtype=torch.float64), inv)
         ang = torch.cat([ang, ang], dim=-1)
         self.cos = ang.cos().to(self.device, dtype)
         self.sin = ang.sin().to(self.device, dtype)
-        bad = probe_bad_rows(self.layers[0][4], self.layers[0][5], self.lm_head.t()) if min_rows < 0 \
+        bad = probe_bad_rows(self.layers[0][4], self.layers[0][5], self.lm_head) if min_rows < 0 \
             else set(range(1, min_rows))
         self.min_rows = max(bad) + 1 if bad else 1
         # pad each matmul to the next safe row count, not always to min_rows: on 2 threads 4 and
@@ -74,11 +77,11 @@ class Llama:
         """One tensor per request: [layers, 2 (K, V), kv_heads, capacity, head_dim]."""
         return host_empty((self.n_layers, 2, self.n_kv, capacity, self.head_dim), self.dtype, self.device)
 
-    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+    def _mm(self, x: torch.Tensor, lin: Linear) -> torch.Tensor:
         m = x.shape[0]
         if m >= self.min_rows or self.pad_to[m] == m:
-            return x
-        return torch.cat([x, x.new_zeros(self.pad_to[m] - m, x.shape[1])])
+            return lin(x)
+        return lin(torch.cat([x, x.new_zeros(self.pad_to[m] - m, x.shape[1])]))[:m]
 
     def _rms(self, x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
         return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * w
@@ -105,7 +108,7 @@ class Llama:
         g = H // KV
         scale = D ** -0.5
         for li, (ln1, qkv_w, o_w, ln2, gu_w, down_w) in enumerate(self.layers):
-            h = (self._pad(self._rms(x, ln1)) @ qkv_w)[:n]
+            h = self._mm(self._rms(x, ln1), qkv_w)
             q = self._rope(h[:, :H * D].view(n, H, D), cos, sin)
             k = self._rope(h[:, H * D:(H + KV) * D].view(n, KV, D), cos, sin)
             v = h[:, (H + KV) * D:].view(n, KV, D)
@@ -124,35 +127,50 @@ class Llama:
                     att = att.view(KV, g, m, end).masked_fill(causal, float("-inf")).view(KV, g * m, end)
                 y = torch.softmax(att, dim=-1) @ vc[:, :end]
                 out[o:o + m] = y.view(KV, g, m, D).permute(2, 0, 1, 3).reshape(m, H, D)
-            x = x + (self._pad(out.view(n, H * D)) @ o_w)[:n]
-            gu = (self._pad(self._rms(x, ln2)) @ gu_w)[:n]
+            x = x + self._mm(out.view(n, H * D), o_w)
+            gu = self._mm(self._rms(x, ln2), gu_w)
             gate, up = gu.chunk(2, dim=-1)
-            x = x + (self._pad(F.silu(gate) * up) @ down_w)[:n]
+            x = x + self._mm(F.silu(gate) * up, down_w)
         last = torch.tensor([o + m - 1 for o, m, _, _ in bounds], device=self.device)
         xl = self._rms(x[last], self.norm)
-        return (self._pad(xl) @ self.lm_head.t())[:len(segments)].float()
+        return self._mm(xl, self.lm_head).float()
 
 
-def probe_bad_rows(*weights: torch.Tensor, limit: int = 20) -> set[int]:
-    """Row counts at which a row's matmul result differs from the same row in a 16-row product
-    (BLAS picks another kernel there); every other row count gives the same bits."""
+class Linear:
+    """x @ w.t() for a weight stored [out, in]. On the CPU in float32 the weight is packed once
+    for oneDNN, whose kernel gives a row the same bits at any row count (see the module doc);
+    elsewhere a plain matmul over a transposed view (no copy)."""
+
+    def __init__(self, w: torch.Tensor):
+        self.out_features, self.in_features = w.shape
+        self.dtype, self.device = w.dtype, w.device
+        self.packed = None
+        if w.device.type == "cpu" and w.dtype == torch.float32 and torch.backends.mkldnn.is_available():
+            try:
+                self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None)
+            except (RuntimeError, AttributeError):  # a torch build without the op: plain matmul
+                self.packed = None
+        self.wt = None if self.packed is not None else w.t()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.packed is not None:
+            return torch.ops.mkldnn._linear_pointwise(x, self.packed, None, "none", [], "")
+        return x @ self.wt
+
+
+def probe_bad_rows(*linears: Linear, limit: int = 20) -> set[int]:
+    """Row counts at which a row's result differs from the same row in a 16-row product (the
+    library picks another kernel there); every other row count gives the same bits."""
     gen = torch.Generator(device="cpu").manual_seed(1234)
-    for w in weights:
-        if w.device.type != "cpu":
-            return set()  # measured on CPU only; a GPU backend must bring its own guarantee
+    if any(lin.device.type != "cpu" for lin in linears):
+        return set()  # measured on CPU only; a GPU backend must bring its own guarantee
     bad: set[int] = set()
-    for w in weights:
-        x = torch.randn(limit, w.shape[0], generator=gen).to(w.dtype)
+    for lin in linears:
+        x = torch.randn(limit, lin.in_features, generator=gen).to(lin.dtype)
         # reference rows from two 16-row products (limit is 17..32)
-        ref = torch.cat([x[:16] @ w, (x[limit - 16:] @ w)[32 - limit:]])
-        bad |= {m for m in (*range(1, 17), limit) if not torch.equal(x[:m] @ w, ref[:m])}
+        ref = torch.cat([lin(x[:16]), lin(x[limit - 16:])[32 - limit:]])
+        bad |= {m for m in (*range(1, 17), limit) if not torch.equal(lin(x[:m]), ref[:m])}
     return bad
-
-
-def probe_min_rows(*weights: torch.Tensor, limit: int = 20) -> int:
-    """The least row count from which no row count gives a row other bits."""
-    bad = probe_bad_rows(*weights, limit=limit)
-    return max(bad) + 1 if bad else 1
 
 
 def host_empty(shape: tuple, dtype: torch.dtype, device: torch.device | str = "cpu") -> torch.Tensor:
