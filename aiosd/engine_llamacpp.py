@@ -20,6 +20,17 @@ then its state is copied to host memory (`llama_state_seq_get_data`) and put bac
 free slot when it runs again, so the scheduler may hold more requests than there are slots.
 A finished request leaves the cache at once.
 
+Prompt prefixes are reused as llama-cpp-python's `Llama` reuses the prompt it shares with the
+previous request, but token-identically: every prompt is fed in decodes that end at multiples
+of `prefix_block` tokens (a chunk [a, b) of the scheduler's runs as [a, next multiple), ...,
+[last multiple, b)), whether reuse is on or not, and the state of a prompt's longest whole-block
+prefix (below its last token, whose logits give the first sample) goes into a PrefixStore.
+A new prompt starts from the stored state of the most whole blocks it shares with one, trimmed
+with `llama_memory_seq_rm`; its later blocks are fed as they would be without reuse. Each K/V
+entry is thus computed by a decode of the same tokens at the same positions over the same
+cache in both cases (tested: same tokens and same state bytes, reuse on or off, solo or
+batched). The scheduler's `prefill_chunk` must be a multiple of the block for reuse to apply.
+
 Sampling is aiosd.engine's: the logits go through the same torch code with the same
 per-request torch.Generator, so temperature, top_p and seed mean the same on both engines.
 """
@@ -38,6 +49,7 @@ import torch
 from aiosd.engine import Engine, KvSnapshot, Seq, advance, sampler_generator
 from aiosd.errors import AiosError
 from aiosd.gguf_tokenizer import GgufTokenizer
+from aiosd.llama_cpp_prefix import PrefixStore
 
 _LOG_CB = L.llama_log_callback(lambda level, text, data: None)  # module-level: must outlive C calls
 
@@ -47,12 +59,13 @@ class LSeq(Seq):
     slot: int | None = None            # llama.cpp sequence id while its KV is in the cache
     swapped: bytes | None = None       # its KV state while it waits out of the cache
     used: int = 0                      # step counter of its last run, for choosing whom to swap
+    aligned: bool = True               # every prefill decode ended on a block: its prefix may be kept
 
 
 class LlamaCppEngine:
     def __init__(self, model_path: Path | str, n_seq_max: int = 32, n_ctx_seq: int = 2048,
                  n_threads: int | None = None, max_batch_tokens: int = 512,
-                 flash_attn: bool = False, quiet: bool = True):
+                 flash_attn: bool = False, quiet: bool = True, prefix_block: int = 16):
         self.model_path = Path(model_path)
         if not self.model_path.is_file():
             raise AiosError("ENOENT", f"GGUF model {self.model_path} not found")
@@ -90,6 +103,9 @@ class LlamaCppEngine:
         self.holders: dict[int, LSeq] = {}
         self.eos_ids = {t for t in range(self.n_vocab) if self.tokenizer.is_eog(t)} or {self.tokenizer.eos_token_id}
         self._steps = 0
+        self.prefixes = PrefixStore(prefix_block)   # budget 0: off until the llm worker sets prefix_bytes
+        self.block = prefix_block
+        self.reused_tokens = 0
 
     # text <-> tokens, as aiosd.engine.Engine
     def encode_chat(self, messages: list[dict], tools: list | None = None) -> list[int]:
@@ -141,6 +157,8 @@ class LlamaCppEngine:
         if seq.swapped is not None:
             self._set_state(seq.slot, seq.swapped)
             seq.swapped = None
+            # a stored prefix's state may hold more tokens than the prompt shares with it
+            L.llama_memory_seq_rm(self.mem, seq.slot, seq.n_cached, -1)
 
     def _get_state(self, seq: LSeq) -> bytes:
         size = L.llama_state_seq_get_size(self.ctx, seq.slot)
@@ -159,26 +177,28 @@ class LlamaCppEngine:
             return []
         self._steps += 1
         busy = {id(s) for s, _ in plan}
-        feeds: list[tuple[LSeq, list[int]]] = []
+        feeds: list[tuple[LSeq, int, int]] = []
         for seq, n in plan:
             self._ensure_slot(seq, busy)
             seq.used = self._steps
             if seq.n_cached < seq.n_prompt:  # a prefill chunk never runs past the prompt
-                toks = seq.tokens[seq.n_cached:min(seq.n_cached + max(1, n), seq.n_prompt)]
+                end = min(seq.n_cached + max(1, n), seq.n_prompt)
+                if end < seq.n_prompt and end % self.block:
+                    seq.aligned = False
             else:
-                toks = seq.tokens[seq.n_cached:seq.n_cached + 1]
-            feeds.append((seq, toks))
+                end = seq.n_cached + 1
+            feeds.append((seq, seq.n_cached, end))
         # decode tokens share one llama_decode; each prefill chunk gets one of its own, because
         # llama.cpp splits a batch that mixes them (one ubatch per equal share of tokens per
         # sequence) and a chunk's numerics then depend on the others: measured, tokens differ
-        decodes = [f for f in feeds if f[0].n_cached >= f[0].n_prompt]
+        decodes = [f for f in feeds if f[1] >= f[0].n_prompt]
         logits = self._decode(decodes) if decodes else {}
-        for f in feeds:
-            if f[0].n_cached < f[0].n_prompt:
-                logits.update(self._decode([f]))
+        for seq, start, end in feeds:
+            if start < seq.n_prompt:
+                logits.update(self._prefill(seq, start, end))
         events: list[tuple[Seq, list[int], bool]] = []
-        for seq, toks in feeds:
-            event = advance(seq, len(toks), lambda s=seq: self._pick(s, logits[id(s)]), self.eos_ids)
+        for seq, start, end in feeds:
+            event = advance(seq, end - start, lambda s=seq: self._pick(s, logits[id(s)]), self.eos_ids)
             if event[2]:
                 self._release(seq)  # a finished request leaves the cache at once
             events.append(event)
@@ -189,20 +209,35 @@ class LlamaCppEngine:
             return int(np.argmax(row))  # as torch.argmax: the first of equal maxima
         return Engine._sample(self, seq, torch.from_numpy(row))  # type: ignore[arg-type]
 
-    def _decode(self, feeds: list[tuple[LSeq, list[int]]]) -> dict[int, np.ndarray]:
-        """Feed every sequence's tokens; the logits of each one's last token if it samples next."""
+    def _prefill(self, seq: LSeq, start: int, end: int) -> dict[int, np.ndarray]:
+        """Feed prompt tokens [start, end) in decodes that end on block multiples; keep the
+        state at the prompt's last whole block below its last token, and at a chunk's end."""
+        out: dict[int, np.ndarray] = {}
+        keep_at = (seq.n_prompt - 1) // self.block * self.block
+        a = start
+        while a < end:
+            b = min(end, (a // self.block + 1) * self.block)
+            out.update(self._decode([(seq, a, b)]))
+            if b in (keep_at, end) and 0 < b < seq.n_prompt and not b % self.block \
+                    and self.prefixes.budget and seq.aligned and not seq.replay:
+                self._remember(seq, b)
+            a = b
+        return out
+
+    def _decode(self, feeds: list[tuple[LSeq, int, int]]) -> dict[int, np.ndarray]:
+        """Feed each sequence's tokens [start, end); the logits of each one's last token if it
+        samples next."""
         out: dict[int, np.ndarray] = {}
         b = self.batch
         i = 0
         pending: list[tuple[int, LSeq]] = []
-        flat = [(seq, j, t) for seq, toks in feeds for j, t in enumerate(toks)]
-        for k, (seq, j, tok) in enumerate(flat):
+        flat = [(seq, p, seq.tokens[p], p + 1 == end) for seq, start, end in feeds for p in range(start, end)]
+        for k, (seq, pos, tok, last) in enumerate(flat):
             b.token[i] = tok
-            b.pos[i] = seq.n_cached + j
+            b.pos[i] = pos
             b.n_seq_id[i] = 1
             b.seq_id[i][0] = seq.slot
-            last = k + 1 == len(flat) or flat[k + 1][0] is not seq
-            wants = last and seq.n_cached + j + 1 == len(seq.tokens) and not seq.replay
+            wants = last and pos + 1 == len(seq.tokens) and not seq.replay
             b.logits[i] = wants
             if wants:
                 pending.append((i, seq))
@@ -217,6 +252,47 @@ class LlamaCppEngine:
                     out[id(s)] = np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
                 pending, i = [], 0
         return out
+
+    # prompt prefixes: the Runner's interface (aiosd.runner), as aiosd.engine.Engine's
+    @property
+    def prefix_bytes(self) -> int:
+        return self.prefixes.budget
+
+    @prefix_bytes.setter
+    def prefix_bytes(self, budget: int) -> None:
+        self.prefixes.budget = int(budget)
+        if not budget:
+            self.prefixes.clear()
+
+    def reuse_prefix(self, seq: Seq, chunk: int) -> int:
+        """Start seq from the stored state of the most whole blocks of its prompt (never its
+        last token); the tokens skipped. The state is loaded when seq next gets a slot."""
+        assert isinstance(seq, LSeq)
+        if not self.prefixes.budget or chunk % self.block or seq.replay or not seq.aligned:
+            return 0
+        n, state = self.prefixes.longest(seq.tokens, seq.n_prompt - 1)
+        if n <= seq.n_cached or state is None:
+            return 0
+        self._release(seq)  # whatever it held is a shorter prefix of the same bytes
+        skipped = n - seq.n_cached
+        seq.swapped, seq.n_cached = state, n
+        self.reused_tokens += skipped
+        return skipped
+
+    def chunk_key(self, seq: Seq, chunk: int) -> bytes | None:
+        """The prompt's next whole block (the tokens up to its end), if seq computes one now:
+        the Runner holds back a request whose next block another one is computing."""
+        end = seq.n_cached + self.block
+        if not self.prefixes.budget or seq.n_cached % self.block or end > seq.n_prompt - 1 or seq.replay:
+            return None
+        return np.asarray(seq.tokens[:end], dtype=np.int32).tobytes()
+
+    def remember_prefix(self, seq: Seq, start: int, chunk: int) -> None:
+        """Nothing: step keeps prefixes itself, at block ends the Runner does not see."""
+
+    def _remember(self, seq: LSeq, n: int) -> None:
+        if not self.prefixes.covers(seq.tokens[:n]):
+            self.prefixes.add(seq.tokens[:n], self._get_state(seq))
 
     # snapshots
     def snapshot(self, seq: Seq, keep_kv: bool = True) -> KvSnapshot:
@@ -242,6 +318,7 @@ class LlamaCppEngine:
         if snap.kv is not None:
             seq.swapped = snap.kv.numpy().tobytes()  # loaded into a slot when it next runs
             seq.n_cached = snap.n_cached
+            seq.aligned = False  # how its prefill was fed is not recorded: keep no prefix of it
         elif len(snap.tokens) > snap.n_prompt:
             # recompute as aiosd.engine does: prompt in chunks, generated tokens one by one
             seq.tokens = list(snap.tokens[:snap.n_prompt + 1])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 import torch
 
@@ -180,3 +181,94 @@ def test_choose_engine(monkeypatch, tmp_path):
     with pytest.raises(AiosError) as e:
         choose(Config(model="smollm2", engine="llamacpp", device="cpu"))
     assert e.value.code == "EUNAVAIL" and "llama-cpp-python" in e.value.message
+
+
+SHARED = ("You are the assistant of a small research team. Answer in one sentence, in plain words, "
+          "without lists. ") * 3
+
+
+def shared_prompt(eng, i: int, turns: int = 0) -> list[int]:
+    msgs = [{"role": "system", "content": SHARED}]
+    for t in range(turns):  # an earlier exchange: the next request of one agent extends its last prompt
+        msgs += [{"role": "user", "content": f"Earlier question {t}."},
+                 {"role": "assistant", "content": f"Answer {t}."}]
+    return eng.encode_chat(msgs + [{"role": "user", "content": f"Name one property of the number {i}."}])
+
+
+def kv_of(state: bytes) -> tuple[list[int], bytes]:
+    """(positions, K/V bytes) of a one-sequence llama.cpp state, without the sequence id and
+    stream it sat in. Layout: magic, seq id, n_stream, then per stream its n_cells and, if
+    any, per cell (pos, 1, seq id) and the K/V data; only the sequence's own stream has cells."""
+    magic, seq_id, n_stream = np.frombuffer(state[:12], dtype=np.int32)
+    ints = np.frombuffer(state[12:12 + 4 * int(n_stream)], dtype=np.int32)
+    slot = int(np.flatnonzero(ints)[0])  # streams before it: just their n_cells = 0
+    count, start = int(ints[slot]), 12 + 4 * slot + 4
+    cells = np.frombuffer(state[start:start + 12 * count], dtype=np.int32).reshape(-1, 3)
+    assert (cells[:, 1] == 1).all() and (cells[:, 2] == seq_id).all()
+    tail = len(state) - 4 * (int(n_stream) - 1 - slot)  # streams after it: n_cells = 0
+    assert not any(state[tail:])
+    return cells[:, 0].tolist(), state[start + cells.nbytes:tail]
+
+
+def through_runner(eng, prompts: dict[int, list[int]], n: int, chunk: int, max_batch: int = 16,
+                   k: int = 3) -> tuple[dict, dict]:
+    """Every prompt at once through the worker's own Runner and a fifo Scheduler: each one's
+    generated tokens, and its KV state bytes after its first k tokens."""
+    from aiosd.runner import Runner
+    from aiosd.scheduler import Scheduler
+    r = Runner(eng, Scheduler("fifo", max_batch, 512, chunk))
+    seqs = [eng.add(i, p, n) for i, p in prompts.items()]
+    for s in seqs:
+        r.submit(s)
+    out, states = {}, {}
+    while r.busy():
+        for s, _, done in r.step():
+            if len(s.generated) == k and s.rid not in states:
+                states[s.rid] = kv_of(bytes(eng.snapshot(s).kv.numpy()))
+            if done:
+                out[s.rid] = list(s.generated)
+                r.remove(s.rid)
+    return out, states
+
+
+@pytest.mark.parametrize("chunk", [16, 256])
+def test_prefix_reuse_is_token_and_byte_identical(eng, chunk):
+    """Prompts sharing a system prompt, and a later turn that extends one, start from stored
+    prefix states: the same tokens and the same KV bytes as without reuse, alone or batched."""
+    prompts = {i: shared_prompt(eng, i) for i in range(6)} | {6: shared_prompt(eng, 2, turns=2)}
+    assert eng.prefix_bytes == 0
+    start = eng.reused_tokens
+    plain = {i: through_runner(eng, {i: p}, 16, chunk) for i, p in prompts.items()}
+    solo = {i: v[0][i] for i, v in plain.items()}
+    solo_state = {i: v[1][i] for i, v in plain.items()}
+    assert len(set(map(tuple, solo.values()))) > 4 and eng.reused_tokens == start
+    eng.prefix_bytes = 64 << 20
+    try:
+        # one after another: each reuses what the ones before left
+        for i, p in prompts.items():
+            before = eng.reused_tokens
+            got, state = through_runner(eng, {i: p}, 16, chunk)
+            assert got[i] == solo[i] and state[i] == solo_state[i], i
+            if i:
+                assert eng.reused_tokens - before >= len(eng.encode_chat([{"role": "system", "content": SHARED}])) - 16
+        eng.prefixes.clear()
+        # all at once on an empty store: the first computes the shared blocks, the others reuse them
+        before = eng.reused_tokens
+        got, state = through_runner(eng, prompts, 16, chunk)
+        assert got == solo and state == solo_state
+        assert eng.reused_tokens - before >= 5 * 64
+        assert not eng.holders
+    finally:
+        eng.prefix_bytes = 0
+
+
+def test_prefix_reuse_needs_chunks_of_whole_blocks(eng):
+    prompts = {i: shared_prompt(eng, i) for i in range(2)}
+    solo = {i: through_runner(eng, {i: p}, 8, 24)[0][i] for i, p in prompts.items()}
+    eng.prefix_bytes = 64 << 20
+    try:
+        before = eng.reused_tokens
+        assert through_runner(eng, prompts, 8, 24)[0] == solo  # 24 is not a multiple of 16: no reuse
+        assert eng.reused_tokens == before and len(eng.prefixes) == 0
+    finally:
+        eng.prefix_bytes = 0

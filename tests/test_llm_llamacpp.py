@@ -35,7 +35,7 @@ def concurrent(d, max_tokens: int) -> dict[int, str]:
 
 
 @pytest.mark.slow
-def test_llamacpp_solo_equals_16_concurrent_fifo_and_rr(make_daemon):
+def test_llamacpp_solo_equals_16_concurrent_fifo_and_rr_and_no_prefix_reuse(make_daemon):
     # max_batch 4: four llama.cpp sequence ids for 16 requests, so rr preemption swaps states to the host
     d = make_daemon(engine="llamacpp", scheduler="rr", quantum=4, max_batch=4, torch_threads=1)
     n = 12
@@ -44,6 +44,10 @@ def test_llamacpp_solo_equals_16_concurrent_fifo_and_rr(make_daemon):
     for policy in ("fifo", "rr"):
         d.root.syscall("sys_set", {"settings": {"scheduler": policy, "quantum": 4}})
         assert concurrent(d, n) == solo, policy
+    # those ran with prompt-prefix reuse (the default): without it, the same text
+    off = make_daemon(engine="llamacpp", prefix_cache=False, max_batch=4, torch_threads=1)
+    assert {i: chat(off.root, PROMPTS[i], n)["text"] for i in range(0, len(PROMPTS), 3)} == \
+        {i: solo[i] for i in range(0, len(PROMPTS), 3)}
 
 
 @pytest.mark.slow
