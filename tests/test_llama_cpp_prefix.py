@@ -11,7 +11,7 @@ def test_longest_whole_blocks_never_past_the_limit():
     st = PrefixStore(block=4, budget=1 << 20)
     st.add(list(range(12)), b"A" * 10)
     assert st.longest(list(range(12)) + [99], 12) == (12, b"A" * 10)
-    assert st.longest(list(range(12)) + [99], 11) == (8, b"A" * 10)   # limit: the last prompt token
+    assert st.longest(list(range(12)) + [99], 11) == (8, b"A" * 10)  # limit: the last prompt token
     assert st.longest([0, 1, 2, 3, 4, 5, 9, 9, 9], 8) == (4, b"A" * 10)  # 6 shared: one whole block
     assert st.longest([0, 1, 2, 9], 4) == (0, None)
     assert st.longest([7] * 20, 19) == (0, None)
@@ -48,6 +48,7 @@ def test_lru_under_the_byte_budget_and_off_at_zero():
 
 def test_common_prefix():
     import numpy as np
+
     assert common_prefix(np.array([1, 2, 3]), np.array([1, 2, 4, 5])) == 2
     assert common_prefix(np.array([1, 2]), np.array([1, 2, 3])) == 2
     assert common_prefix(np.array([], dtype=int), np.array([1])) == 0
