@@ -200,6 +200,9 @@ def parse_args(description: str, argv: Sequence[str] | None = None,
     ap.add_argument("--quick", action="store_true", help="a short run (used by tests and CI)")
     for a, kw in extra:
         ap.add_argument(*a, **kw)
+    # a benchmark stopped with SIGTERM (kill, timeout) unwinds its `with Daemon(...)` blocks
+    # instead of leaving an orphaned daemon and its model worker running
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
     return ap.parse_args(argv)
 
 
