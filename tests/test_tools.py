@@ -164,6 +164,39 @@ def test_crash_is_eio_with_stderr_and_manager_goes_on(td):
     assert td.manager_pid("tools") == pid
 
 
+def test_a_dead_worker_fails_its_calls_and_is_replaced(td):
+    """Calls take their sandbox from a worker's spares; a worker killed mid-call fails the
+    calls it watched over with EIO at once (no hang), and the pool goes on serving."""
+    import os
+    import signal
+    pid = td.manager_pid("tools")
+    worker = call(td, "test_state", {"mark": "w"})["content"]["ppid"]
+    results: dict = {}
+    failed_at: list = []
+
+    def run(i):
+        try:
+            results[i] = call(td, "test_sleep", {"seconds": 3.0}, client=libaios.Client(td.home))["content"]
+        except libaios.AiosError as exc:
+            results[i] = exc.code
+            failed_at.append(time.monotonic())
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    t0 = time.monotonic()
+    os.kill(worker, signal.SIGKILL)
+    for t in threads:
+        t.join()
+    # calls spread over the light workers by load: four of them put some on the killed one
+    assert all(r in ("EIO", {"slept": 3.0}) for r in results.values()) and "EIO" in results.values(), results
+    assert max(failed_at) - t0 < 1.5  # when the worker died, not when the 3 s sleep would have ended
+    assert max(failed_at) - t0 < 1.5  # when the worker died, not when the 3 s sleep would have ended
+    for i in range(6):
+        assert call(td, "test_state", {"mark": str(i)})["content"]["found"]["global"] == []
+    assert td.manager_pid("tools") == pid
+
+
 def test_sandbox_has_no_secrets_sockets_or_cores(td):
     out = call(td, "test_echo", {"x": 1})["content"]
     assert out["args"] == {"x": 1}

@@ -1,5 +1,5 @@
 """The tools manager: the registry of tools, argument checks, the caller's allowlist, and
-the warm pool of sandbox workers that run each call in a freshly forked, confined child.
+the warm pool of sandbox workers whose pre-forked, confined children run one call each.
 
 tool_call answers DEFERRED; tick() polls the pool and replies as calls finish, so calls
 run in parallel up to `tool_pool`, each tool also within its own concurrency limit.
@@ -13,6 +13,8 @@ import itertools
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
+
+import zmq
 
 from aiosd.access import FILE_ARGS, check_tool_path
 from aiosd.errors import AiosError
@@ -91,9 +93,12 @@ class ToolsManager(Manager):
                 held.append(c)    # its tool is at its limit; others behind it may go
                 continue
             try:
-                self.pool.submit(c.job, self.registry.warm(c.tool.name))
+                given = self.pool.submit(c.job, self.registry.warm(c.tool.name))
             except OSError as exc:
                 self.fail(c.req_id, "EIO", f"tool {c.tool.name}: {exc}")
+                continue
+            if not given:
+                held.append(c)    # no spare of its kind yet: tick() tries again
                 continue
             self.running[c.job["job"]] = c
             self.per_tool[c.tool.name] = self.per_tool.get(c.tool.name, 0) + 1
@@ -103,9 +108,14 @@ class ToolsManager(Manager):
         if not self.running and not self.queue:
             self.pool.poll(0.0)   # readiness and worker deaths
             return None
-        # calls in flight: wait on the workers' pipes up to 1 ms (an answer wakes it at
-        # once), then look at the kernel socket without sleeping
-        for ans in self.pool.poll(0.001):
+        # calls in flight: sleep until an answer, a worker's message or a request comes
+        # (one poll over all of them, so no periodic wake-ups), at most 50 ms: the backstop
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        for fd in self.pool.fds():
+            poller.register(fd, zmq.POLLIN)
+        poller.poll(0 if self.pool.pending else 50)
+        for ans in self.pool.poll(0.0):
             c = self.running.pop(ans["done"], None)
             if c is None:
                 continue

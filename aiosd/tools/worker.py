@@ -1,25 +1,34 @@
-"""A warm sandbox worker (`python -m aiosd.tools.worker`): imports every tool module once,
-keeps a few pre-forked spare children, gives each call to a fresh one (which confines
-itself, runs the tool once and exits), and multiplexes their answers.
+"""A warm sandbox worker (`python -m aiosd.tools.worker FD`): imports every tool module once
+(and runs their `warm()`, unless it is a light worker), keeps pre-forked spare children,
+and watches over the calls they run: deadlines, kills, exit statuses, scratch directories.
 
-Protocol on stdin/stdout, 4-byte length + msgpack frames. In: {"init": {...}} once, then
-{"job": id, "tool", "args", "timeout", "cpu_s", "memory", "nofile", "env_names", "url",
-"caller", "extra", "mcp"} and {"cancel": id}. Out: {"ready": pid}, {"started": id, "pid"},
-{"done": id, "ok", "result"|"error", "wall_s", "cpu_s"}. EOF on stdin: kill all, exit.
+A call does not pass through this process. Each spare's job pipe (write end) and answer
+pipe (read end) go to the tools manager over the control socket FD (SCM_RIGHTS); the
+manager writes the job and reads the answer itself, so the worker's wakeups and its
+forks' copy-on-write faults stay off the call's path. The manager then tells the worker
+which spare got which call, so that the worker can time it and report how it ended.
+
+In, on stdin (4-byte length + msgpack frames): {"init": {...}} once, {"job": id, "pid",
+"tool", "timeout", "cpu_s"} when the manager gave spare `pid` a call, {"cancel": id}.
+Out, one packet each on FD: {"ready": pid, "errors"}, {"spare": pid} with its two
+descriptors, {"done": id, "ok": false, "error", "cpu_s"} for a call that ended without
+answering (timeout, cancel, crash) and {"exited": id, "cpu_s"} for one that ended normally.
+EOF on stdin: kill all, exit.
 """
 
 from __future__ import annotations
 
+import gc
 import importlib
 import os
 import selectors
 import shutil
 import signal
+import socket
 import sys
-import gc
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from aiosd import protocol
@@ -27,45 +36,36 @@ from aiosd.tools import registry, sandbox
 
 READ = 1 << 16
 SPARES = 2
-
-
-@dataclass
-class Spare:
-    pid: int
-    job_fd: int   # the worker writes the one job here
-    fd: int       # the child's answer comes back here
-    scratch: Path  # made with the spare, so that it can settle in before its job
+GONE_KEPT = 64
 
 
 @dataclass
 class Child:
-    job: dict
     pid: int
-    fd: int
+    pidfd: int
     scratch: Path
-    deadline: float
-    t0: float
-    buf: bytearray = field(default_factory=bytearray)
-    killed: str = ""   # why the worker killed it: "timeout" | "cancel"
-    answered: bool = False
+    job: dict | None = None   # the manager's notice, once this spare was given a call
+    deadline: float = 0.0
+    t0: float = 0.0
+    killed: str = ""          # why the worker killed it: "timeout" | "cancel"
 
 
 class Worker:
-    def __init__(self, proto_in: int, proto_out: int):
-        self.pin, self.pout = proto_in, proto_out
+    def __init__(self, proto_in: int, sock: socket.socket):
+        self.pin, self.sock = proto_in, sock
         self.sel = selectors.DefaultSelector()
         self.inbuf = bytearray()
-        self.children: dict[int, Child] = {}   # by result fd
+        self.procs: dict[int, Child] = {}   # by pid: spares and running calls
+        self.gone: dict[int, tuple[Child, int, float]] = {}  # reaped before their notice was read
         self.reg = registry.Registry()
         self.scratch_root = Path(tempfile.gettempdir())
         self.base_vm = 0
-        self.spares: list[Spare] = []
 
-    def send(self, obj: dict) -> None:
-        obj["spares"] = len(self.spares)  # the pool sends the next call where a child is ready
-        data = memoryview(sandbox.frame(obj))
-        while data:
-            data = data[os.write(self.pout, data):]
+    def send(self, obj: dict, fds: tuple[int, ...] = ()) -> None:
+        socket.send_fds(self.sock, [protocol.pack(obj)], list(fds))  # one packet: one message
+
+    def spares(self) -> int:
+        return sum(c.job is None for c in self.procs.values())
 
     def init(self, spec: dict) -> None:
         self.scratch_root = Path(spec.get("scratch_root") or tempfile.gettempdir())
@@ -83,10 +83,11 @@ class Worker:
         gc.collect()
         gc.freeze()  # children share these pages instead of copying them on their first gc
         self.base_vm = sandbox.vm_bytes()
-        self.refill()
-        self.send({"ready": os.getpid(), "errors": self.reg.errors})
+        while self.spares() < SPARES:
+            self.fork_spare()
+        self.send({"ready": os.getpid(), "errors": [e[:500] for e in self.reg.errors[:20]]})  # one packet
 
-    def fork_spare(self) -> Spare:
+    def fork_spare(self) -> None:
         scratch = Path(tempfile.mkdtemp(prefix="call-", dir=self.scratch_root))
         jr, jw = os.pipe()
         r, w = os.pipe()
@@ -99,27 +100,29 @@ class Worker:
             pass
         os.close(jr)
         os.close(w)
-        return Spare(pid, jw, r, scratch)
-
-    def refill(self) -> None:
-        while len(self.spares) < SPARES:
-            self.spares.append(self.fork_spare())
-
-    def start(self, job: dict) -> None:
-        sp = self.spares.pop(0) if self.spares else self.fork_spare()
-        now = time.monotonic()
-        c = Child(job, sp.pid, sp.fd, sp.scratch, now + float(job.get("timeout") or 30.0), now)
+        pidfd = os.pidfd_open(pid)
+        self.procs[pid] = Child(pid, pidfd, scratch)
+        self.sel.register(pidfd, selectors.EVENT_READ, pid)
         try:
-            data = memoryview(sandbox.frame(job))
-            while data:
-                data = data[os.write(sp.job_fd, data):]
-        except OSError:
-            pass  # the spare died; its EOF reports the call as a crash
-        os.close(sp.job_fd)
-        os.set_blocking(sp.fd, False)
-        self.children[sp.fd] = c
-        self.sel.register(sp.fd, selectors.EVENT_READ, c)
-        self.send({"started": job["job"], "pid": sp.pid})
+            self.send({"spare": pid}, (jw, r))
+        finally:
+            os.close(jw)  # the manager holds them now: the spare sees EOF if the manager goes
+            os.close(r)
+
+    def on_notice(self, msg: dict) -> None:
+        pid = int(msg.get("pid", 0))
+        now = time.monotonic()
+        c = self.procs.get(pid)
+        if c is not None and c.job is None:
+            c.job, c.t0, c.deadline = msg, now, now + float(msg.get("timeout") or 30.0)
+            return
+        if pid in self.gone:  # it finished before this notice was read
+            c, status, cpu = self.gone.pop(pid)
+            c.job, c.t0 = msg, now
+            self.report(c, status, cpu)
+            return
+        self.send({"done": msg.get("job"), "ok": False, "error": {
+            "code": "EIO", "message": f"{msg.get('tool')}: its sandbox process was gone before the call"}})
 
     def kill(self, c: Child, why: str) -> None:
         if not c.killed:
@@ -129,45 +132,37 @@ class Worker:
             except ProcessLookupError:
                 pass
 
-    @staticmethod
-    def answer_of(c: Child) -> dict | None:
-        if len(c.buf) >= 4:
-            n = sandbox.HDR.unpack_from(c.buf)[0]
-            if len(c.buf) >= 4 + n:
-                return protocol.unpack(bytes(c.buf[4:4 + n]), 1 << 31)
-        return None
-
-    def early(self, c: Child) -> None:
-        """Answer as soon as the whole frame is in; the child's exit is reaped later."""
-        answer = self.answer_of(c) if not c.killed else None
-        if answer is not None:
-            c.answered = True
-            self.send({"done": c.job["job"], "wall_s": time.monotonic() - c.t0, **answer})
-
-    def finish(self, c: Child) -> None:
-        self.sel.unregister(c.fd)
-        os.close(c.fd)
-        del self.children[c.fd]
+    def reap(self, pid: int) -> None:
+        c = self.procs.pop(pid)
+        self.sel.unregister(c.pidfd)
+        os.close(c.pidfd)
         try:
             os.killpg(c.pid, signal.SIGKILL)  # anything it started goes with it
         except (ProcessLookupError, PermissionError):
             pass
         _, status, ru = os.wait4(c.pid, 0)
-        if c.answered:
-            shutil.rmtree(c.scratch, ignore_errors=True)
+        cpu = ru.ru_utime + ru.ru_stime
+        if c.job is not None:
+            self.report(c, status, cpu)
             return
-        out = {"done": c.job["job"], "wall_s": time.monotonic() - c.t0, "cpu_s": ru.ru_utime + ru.ru_stime}
-        answer = self.answer_of(c)
-        tool = c.job.get("tool", "?")
+        self.gone[pid] = (c, status, cpu)  # a spare that died, or one whose notice is still coming
+        while len(self.gone) > GONE_KEPT:
+            old, _, _ = self.gone.pop(next(iter(self.gone)))
+            shutil.rmtree(old.scratch, ignore_errors=True)
+
+    def report(self, c: Child, status: int, cpu: float) -> None:
+        job = c.job or {}
+        tool = job.get("tool", "?")
+        out: dict = {"done": job.get("job"), "ok": False, "cpu_s": cpu}
         if c.killed == "timeout":
-            out.update(ok=False, error={"code": "ETIMEDOUT", "message":
-                                        f"{tool} ran past its {c.job.get('timeout')} s limit and was killed"})
+            out["error"] = {"code": "ETIMEDOUT",
+                            "message": f"{tool} ran past its {job.get('timeout')} s limit and was killed"}
         elif c.killed == "cancel":
-            out.update(ok=False, error={"code": "EIO", "message": f"{tool} was cancelled"})
-        elif answer is not None:
-            out.update(answer)
+            out["error"] = {"code": "EIO", "message": f"{tool} was cancelled"}
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            out = {"exited": job.get("job"), "cpu_s": cpu}  # it answered the manager itself
         else:
-            out.update(ok=False, error=self.crash(tool, status, c))
+            out["error"] = self.crash(tool, status, c)
         shutil.rmtree(c.scratch, ignore_errors=True)
         self.send(out)
 
@@ -176,11 +171,12 @@ class Worker:
             tail = (c.scratch / ".stderr").read_bytes()[-2000:].decode(errors="replace").strip()
         except OSError:
             tail = ""
+        cpu_s = (c.job or {}).get("cpu_s")
         if os.WIFSIGNALED(status):
             sig = os.WTERMSIG(status)
-            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and tail == "" and c.job.get("cpu_s")
-                                         and time.monotonic() - c.t0 >= float(c.job["cpu_s"])):
-                return {"code": "ETIMEDOUT", "message": f"{tool} used up its {c.job.get('cpu_s')} CPU seconds"}
+            if sig == signal.SIGXCPU or (sig == signal.SIGKILL and tail == "" and cpu_s
+                                         and time.monotonic() - c.t0 >= float(cpu_s)):
+                return {"code": "ETIMEDOUT", "message": f"{tool} used up its {cpu_s} CPU seconds"}
             how = f"was killed by signal {signal.Signals(sig).name}"
         else:
             code = os.WEXITSTATUS(status)
@@ -203,10 +199,10 @@ class Worker:
             if "init" in msg:
                 self.init(msg["init"])
             elif "job" in msg:
-                self.start(msg)
+                self.on_notice(msg)
             elif "cancel" in msg:
-                for c in self.children.values():
-                    if c.job["job"] == msg["cancel"]:
+                for c in self.procs.values():
+                    if c.job is not None and c.job.get("job") == msg["cancel"]:
                         self.kill(c, "cancel")
         return True
 
@@ -214,54 +210,48 @@ class Worker:
         self.sel.register(self.pin, selectors.EVENT_READ, None)
         while True:
             now = time.monotonic()
-            soonest = min((c.deadline for c in self.children.values() if not c.killed and not c.answered),
+            soonest = min((c.deadline for c in self.procs.values() if c.job is not None and not c.killed),
                           default=now + 1.0)
             wait = max(0.0, soonest - now)
-            if len(self.spares) < SPARES:
-                wait = min(wait, 0.002)
-            events = self.sel.select(wait)
-            if not events and len(self.spares) < SPARES:
-                # forking takes the worker tens of ms: do it when no answer is due
-                self.spares.append(self.fork_spare())
-                self.send({"spare": 1})
-            for key, _ in events:
+            short = self.base_vm and self.spares() < SPARES
+            events = self.sel.select(min(wait, 0.002) if short else wait)
+            if short and (not events or self.spares() == 0):
+                # a fork costs milliseconds of CPU: do it when nothing is going on, unless
+                # the manager has no spare of this worker left
+                self.fork_spare()
+            # notices before exits: a call can end before its notice is read
+            for key, _ in sorted(events, key=lambda e: e[0].data is not None):
                 if key.data is None:
                     if not self.on_input():
                         return
-                    continue
-                c: Child = key.data
-                try:
-                    chunk = os.read(c.fd, READ)
-                except BlockingIOError:
-                    continue
-                if chunk:
-                    c.buf += chunk
-                    if not c.answered:
-                        self.early(c)
-                else:
-                    self.finish(c)
+                elif key.data in self.procs:
+                    self.reap(key.data)
             now = time.monotonic()
-            for c in list(self.children.values()):
-                if not c.killed and not c.answered and now >= c.deadline:
+            for c in list(self.procs.values()):
+                if c.job is not None and not c.killed and now >= c.deadline:
                     self.kill(c, "timeout")
 
     def shutdown(self) -> None:
-        for sp in self.spares:
-            os.close(sp.job_fd)  # EOF: the spare removes its scratch and exits
-        for c in list(self.children.values()):
-            self.kill(c, "cancel")
+        for c in list(self.procs.values()):
+            try:
+                os.killpg(c.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            shutil.rmtree(c.scratch, ignore_errors=True)
+        for c, _, _ in self.gone.values():
             shutil.rmtree(c.scratch, ignore_errors=True)
 
 
 def main() -> None:
     # the protocol gets private descriptors; fds 0/1 become /dev/null and stderr, so a
     # tool module that prints at import cannot corrupt the frames
-    pin, pout = os.dup(0), os.dup(1)
+    sock = socket.socket(fileno=int(sys.argv[1]))
+    pin = os.dup(0)
     null = os.open(os.devnull, os.O_RDONLY)
     os.dup2(null, 0)
     os.dup2(2, 1)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    w = Worker(pin, pout)
+    w = Worker(pin, sock)
     signal.signal(signal.SIGTERM, lambda *_: (w.shutdown(), os._exit(0)))
     try:
         w.loop()
