@@ -86,7 +86,7 @@ def main(argv=None) -> dict:
         noop = {"name": "perf_noop", "args": {}}
         # paced: one call every 50 ms, as an agent makes them; the worker re-forks its spare
         # child between calls, so each call finds a ready one
-        inside: list[float] = []   # the worker's own view: job handed to a child -> answer
+        inside: list[float] = []   # the manager's own view: job written to a spare -> answer read
         call = timed(lambda: inside.append(c.syscall("tool_call", noop)["wall_s"]), n, gap=0.05)
         # back to back: every call needs a fresh fork, so this is bounded by the fork rate
         burst = timed(lambda: c.syscall("tool_call", noop), n)
@@ -114,7 +114,7 @@ def main(argv=None) -> dict:
         ("tool_list p50 ms, paced 50 ms apart", result["tool_list_paced_p50_s"] * 1e3),
         ("trivial tool_call p50 ms, paced 50 ms apart (target <= 5)", p50 * 1e3),
         ("trivial tool_call p99 ms, paced", result["tool_call_p99_s"] * 1e3),
-        ("of which in the worker (child run + answer) p50 ms", result["in_worker_p50_s"] * 1e3),
+        ("of which job written to a spare -> its answer read p50 ms", result["in_worker_p50_s"] * 1e3),
         ("trivial tool_call p50 ms, back to back", result["back_to_back_p50_s"] * 1e3),
         ("pool overhead p50 ms (paced tool_call - paced tool_list)", result["pool_overhead_p50_s"] * 1e3),
         (f"{calls} x {seconds:g} s calls, one after another s", sequential),
