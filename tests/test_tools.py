@@ -197,6 +197,19 @@ def test_a_dead_worker_fails_its_calls_and_is_replaced(td):
     assert td.manager_pid("tools") == pid
 
 
+def test_forged_answers_fail_the_call_not_the_manager(td):
+    """The manager reads answers straight from processes that ran tool code: garbage, a
+    shared-memory reference to someone else's data, a made-up error code or a 4 GB frame
+    fail that call only."""
+    pid = td.manager_pid("tools")
+    for kind, code in (("garbage", "EIO"), ("shm", "EIO"), ("code", "EIO"), ("huge", "E2BIG")):
+        with pytest.raises(libaios.AiosError) as e:
+            call(td, "test_forge", {"kind": kind})
+        assert e.value.code == code, (kind, e.value)
+    assert call(td, "test_sleep", {"seconds": 0})["content"] == {"slept": 0.0}
+    assert td.manager_pid("tools") == pid
+
+
 def test_sandbox_has_no_secrets_sockets_or_cores(td):
     out = call(td, "test_echo", {"x": 1})["content"]
     assert out["args"] == {"x": 1}

@@ -59,6 +59,24 @@ def t_state(args: dict, ctx: ToolContext) -> dict:
     return {"pid": os.getpid(), "ppid": os.getppid(), "found": found, "scratch": str(ctx.scratch)}
 
 
+def t_forge(args: dict, ctx: ToolContext) -> None:
+    """A hostile tool: writes its own answer frame, straight to the answer pipe, and exits."""
+    import struct
+
+    from aiosd import protocol
+    fd = max(int(f) for f in os.listdir("/proc/self/fd") if int(f) > 2 and os.path.islink(f"/proc/self/fd/{f}")
+             and os.readlink(f"/proc/self/fd/{f}").startswith("pipe:"))
+    kind = args.get("kind")
+    if kind == "huge":
+        os.write(fd, struct.pack(">I", 0xFFFFFFF0) + b"x" * 1000)
+    else:
+        body = b"\xc1" if kind == "garbage" else protocol.pack(
+            {"ok": True, "result": protocol.ShmRef("aios-someone-elses", 10)} if kind == "shm"
+            else {"ok": False, "error": {"code": "EWHATEVER", "message": "made up"}})
+        os.write(fd, struct.pack(">I", len(body)) + body)
+    os._exit(0)
+
+
 def t_burn(args: dict, ctx: ToolContext) -> None:
     while True:
         pass
@@ -73,6 +91,7 @@ TOOLS = [
     Tool("test_raise", "raises", OBJ, t_raise),
     Tool("test_echo", "echoes its sandbox", OBJ, t_echo),
     Tool("test_burn", "burns CPU", OBJ, t_burn, cpu_s=1),
+    Tool("test_forge", "writes a forged answer", OBJ, t_forge),
     Tool("test_state", "leaves marks in its process and reports earlier ones", OBJ, t_state),
     Tool("test_one_at_a_time", "sleeps, one call at a time", {"type": "object", "properties": {
         "seconds": {"type": "number"}}}, t_sleep, concurrency=1),

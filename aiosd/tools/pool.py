@@ -30,10 +30,33 @@ from pathlib import Path
 from typing import Any
 
 from aiosd import protocol
+from aiosd.errors import CODES, AiosError
 from aiosd.tools import sandbox
 
 log = logging.getLogger("aiosd")
 GRACE_S = 5.0
+
+
+MAX_ANSWER = 256 << 20
+
+
+def checked(body: bytes) -> dict:
+    """A child's answer, read straight from a process that ran untrusted tool code: valid
+    msgpack, a dict, no shared-memory references (which would name other callers' data),
+    an errno-named error; anything else is the tool's failure, never the manager's."""
+    def bad(why: str) -> dict:
+        return {"ok": False, "error": {"code": "EIO", "message": f"the tool's answer was {why}"}}
+    try:
+        answer, refs = protocol.unpack_refs(body, MAX_ANSWER)
+    except AiosError:
+        return bad("not valid msgpack")
+    if refs or not isinstance(answer, dict):
+        return bad("not a plain result")
+    if answer.get("ok"):
+        return {"ok": True, "result": answer.get("result")}
+    err = answer.get("error") if isinstance(answer.get("error"), dict) else {}
+    code = err.get("code") if err.get("code") in CODES else "EIO"
+    return {"ok": False, "error": {"code": code, "message": str(err.get("message") or "the tool failed")[:4000]}}
 
 
 @dataclass
@@ -171,8 +194,17 @@ class Pool:
                 run.fd = -1
                 break
             run.buf += chunk
-            if len(run.buf) >= 4 and len(run.buf) >= 4 + sandbox.HDR.unpack_from(run.buf)[0]:
-                answer = protocol.unpack(bytes(run.buf[4:4 + sandbox.HDR.unpack_from(run.buf)[0]]), 1 << 31)
+            n = sandbox.HDR.unpack_from(run.buf)[0] if len(run.buf) >= 4 else -1
+            if n > MAX_ANSWER:
+                try:
+                    os.killpg(run.pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+                self._drop(p, run)
+                return [{"done": run.job, "ok": False, "wall_s": time.monotonic() - run.t0, "error": {
+                    "code": "E2BIG", "message": f"the tool's answer of {n} bytes is over {MAX_ANSWER}"}}]
+            if n >= 0 and len(run.buf) >= 4 + n:
+                answer = checked(bytes(run.buf[4:4 + n]))
                 self._drop(p, run)
                 return [{**answer, "done": run.job, "wall_s": time.monotonic() - run.t0}]
         return []
