@@ -3,7 +3,8 @@
 No sockets here: the llm worker passes in how to spill to storage (`spill`/`fetch` callables
 that make the `_sto_put`/`_sto_get` internal calls) and how to count tokens.
 
-Snapshots live in host memory under `budget` bytes. Over budget, the least recently used one
+Snapshots live in host memory under `budget` bytes: in the llm worker's shared-memory arena
+(aiosd.kv_shm) when it has one, else in private memory. Over budget, the least recently used one
 leaves memory by whichever is cheaper under a simple cost model: writing its KV bytes to LMDB
 (and reading them back later) at `disk_bytes_per_s`, or dropping them and recomputing the
 prefill from its tokens at `prefill_tokens_per_s` (vLLM's recompute). Tokens, sampler state and
@@ -37,17 +38,35 @@ class Entry:
 
 
 class SnapshotStore:
+    """Snapshots by id. With an `arena` (aiosd.kv_shm, the worker's shared-memory segment of
+    `budget` bytes) the K/V live in it: `reserve` is what the engine's snapshot asks for a
+    place, and makes room by evicting the least recently used."""
+
     def __init__(self, budget: int, spill: Callable[[str, bytes], None] | None = None,
                  fetch: Callable[[str], bytes | None] | None = None,
-                 disk_bytes_per_s: float = 200e6, prefill_tokens_per_s: float = 500.0):
-        self.budget, self.spill, self.fetch = budget, spill, fetch
+                 disk_bytes_per_s: float = 200e6, prefill_tokens_per_s: float = 500.0, arena: Any = None):
+        self.budget, self.spill, self.fetch, self.arena = budget, spill, fetch, arena
         self.disk_bytes_per_s, self.prefill_tokens_per_s = disk_bytes_per_s, prefill_tokens_per_s
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.ram_bytes = 0
 
+    def reserve(self, shape: tuple, dtype: Any) -> Any:
+        """An arena region for a cache of `shape`, evicting LRU snapshots until one fits; None
+        without an arena or when even an empty arena is too small (then private memory)."""
+        if self.arena is None:
+            return None
+        while (region := self.arena.alloc(shape, dtype)) is None:
+            victim = next((s for s, e in self.entries.items() if e.where == "ram" and e.snap.region), None)
+            if victim is None:
+                return None
+            self._leave_ram(victim, self.entries[victim])
+        return region
+
     def put(self, aid: int, snap: Any, meta: dict) -> str:
         sid = secrets.token_hex(8)
-        e = Entry(aid, snap, meta, "ram", snap.nbytes)
+        if snap.kv is not None and getattr(snap, "region", None) is None:
+            self._place(snap)
+        e = Entry(aid, snap, meta, "ram", _ram_bytes(snap))
         self.entries[sid] = e
         self.ram_bytes += e.nbytes
         self._evict(keep=sid)
@@ -65,7 +84,8 @@ class SnapshotStore:
             if blob is None:
                 raise AiosError("ENOENT", f"snapshot {sid} was evicted from storage")
             e.snap.kv = torch.load(io.BytesIO(blob), weights_only=True)
-            e.where = "ram"
+            self._place(e.snap)
+            e.where, e.nbytes = "ram", _ram_bytes(e.snap)
             self.ram_bytes += e.nbytes
             self._evict(keep=sid)
         return e
@@ -75,6 +95,27 @@ class SnapshotStore:
             e = self.entries.pop(sid)
             if e.where == "ram":
                 self.ram_bytes -= e.nbytes
+                _free(e.snap)
+
+    def close(self) -> None:
+        """Forget every snapshot and unlink the arena (the llm worker exits)."""
+        for aid in {e.aid for e in self.entries.values()}:
+            self.drop_agent(aid)
+        if self.arena is not None:
+            self.arena.close()
+
+    def _place(self, snap: Any) -> None:
+        """Move a private kv (read back from storage, or another engine's bytes) into the
+        arena, shaped like the cache it will be restored into when it is a torch cache."""
+        kv = snap.kv
+        shape = tuple(kv.shape)
+        if kv.dim() == 5 and kv.dtype != torch.uint8:
+            shape = (*shape[:3], snap.n_prompt + snap.max_tokens, shape[4])
+        region = self.reserve(shape, kv.dtype)
+        if region is not None:
+            t = region.tensor()
+            snap.kv = (t[:, :, :, :kv.shape[3]] if kv.dim() == 5 else t).copy_(kv)
+            snap.region = region
 
     def _evict(self, keep: str) -> None:
         for sid, e in list(self.entries.items()):
@@ -82,22 +123,38 @@ class SnapshotStore:
                 return
             if sid == keep or e.where != "ram" or e.snap.kv is None:
                 continue
-            copy_s = 2 * e.nbytes / self.disk_bytes_per_s       # out now, back in on restore
-            recompute_s = len(e.snap.tokens) / self.prefill_tokens_per_s
-            if self.spill is not None and copy_s < recompute_s:
-                buf = io.BytesIO()
-                torch.save(e.snap.kv.contiguous(), buf)
-                try:
-                    self.spill(sid, buf.getvalue())
-                    e.where = "storage"
-                except AiosError:
-                    e.where = "dropped"
-            else:
+            self._leave_ram(sid, e)
+
+    def _leave_ram(self, sid: str, e: Entry) -> None:
+        """Spill e to storage or drop its K/V, whichever the cost model finds cheaper."""
+        copy_s = 2 * e.snap.nbytes / self.disk_bytes_per_s  # out now, back in on restore
+        recompute_s = len(e.snap.tokens) / self.prefill_tokens_per_s
+        if self.spill is not None and copy_s < recompute_s:
+            buf = io.BytesIO()
+            torch.save(e.snap.kv.contiguous(), buf)
+            try:
+                self.spill(sid, buf.getvalue())
+                e.where = "storage"
+            except AiosError:
                 e.where = "dropped"
-            e.snap.kv = None
-            if e.where == "dropped":
-                e.snap.n_cached = 0
-            self.ram_bytes -= e.nbytes
+        else:
+            e.where = "dropped"
+        _free(e.snap)
+        if e.where == "dropped":
+            e.snap.n_cached = 0
+        self.ram_bytes -= e.nbytes
+
+
+def _ram_bytes(snap: Any) -> int:
+    region = getattr(snap, "region", None)
+    return region.nbytes if region is not None else snap.nbytes
+
+
+def _free(snap: Any) -> None:
+    region = getattr(snap, "region", None)
+    snap.kv, snap.region = None, None
+    if region is not None:
+        region.release()
 
 
 @dataclass

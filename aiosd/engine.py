@@ -23,11 +23,13 @@ import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from aiosd.llama import Llama, host_empty
 
+BLOCK = 32     # prefix reuse granularity and attention block of prefill, in tokens
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -72,6 +74,7 @@ class KvSnapshot:
     rng_state: bytes | None
     model: str
     kv: torch.Tensor | None            # [layers, 2, kv_heads, n_cached, head_dim] or None (dropped)
+    region: Any = None                 # kv's place in the worker's shared-memory arena (aiosd.kv_shm)
 
     @property
     def nbytes(self) -> int:
@@ -94,9 +97,12 @@ class Engine:
         eos = self.model.config.get("eos_token_id", self.tokenizer.eos_token_id)
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.max_context = self.model.max_pos
-        # prefix reuse: (chunk size, hash of the tokens up to a chunk boundary) -> that chunk's K/V.
-        # Prefill chunks start at multiples of the chunk size, so a chunk's K/V depend only on
-        # the tokens up to its end: reusing whole chunks gives the very bytes a recompute would.
+        # prefix reuse at the granularity of BLOCK tokens, whatever the prefill chunk: step()
+        # cuts every prefill segment at absolute multiples of BLOCK (one attention call per
+        # block), so a block's K/V depend only on the tokens up to its end, never on how the
+        # prompt was chunked or what else ran. (unit, hash of the tokens up to a unit's end) ->
+        # that unit's K/V; reusing them gives the very bytes a recompute would.
+        self.block = BLOCK
         self.prefix_bytes = 0            # LRU budget; 0: off (the llm worker sets cfg's)
         self.prefixes: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self.prefix_used = 0
@@ -123,23 +129,33 @@ class Engine:
             seq.cache = self.model.new_cache(seq.capacity)
 
     def step(self, plan: list[tuple[Seq, int]]) -> list[tuple[Seq, list[int], bool]]:
-        segments, feeding = [], []
+        segments, feeding, last = [], [], []
         for seq, n in plan:
             self._ensure_cache(seq)
             if seq.n_cached < seq.n_prompt:  # a prefill chunk never runs past the prompt
                 toks = seq.tokens[seq.n_cached:min(seq.n_cached + n, seq.n_prompt)]
             else:
                 toks = seq.tokens[seq.n_cached:seq.n_cached + 1]
-            segments.append((seq.cache, toks, seq.n_cached))
-            feeding.append(seq)
+            segments += self._blocks(seq.cache, toks, seq.n_cached)
+            last.append(len(segments) - 1)
+            feeding.append((seq, len(toks)))
         if not segments:
             return []
         logits = self.model.forward(segments)
         events: list[tuple[Seq, list[int], bool]] = []
-        for i, seq in enumerate(feeding):
-            events.append(advance(seq, len(segments[i][1]), lambda s=seq, i=i: self._sample(s, logits[i]),
-                                  self.eos_ids))
+        for (seq, n), i in zip(feeding, last, strict=True):
+            events.append(advance(seq, n, lambda s=seq, i=i: self._sample(s, logits[i]), self.eos_ids))
         return events
+
+    def _blocks(self, cache: torch.Tensor, toks: list[int], start: int) -> list[tuple]:
+        """A prefill segment cut at absolute multiples of self.block; the forward runs a
+        request's segments in order, each attending to the K/V its predecessors wrote."""
+        out, i, b = [], 0, self.block
+        while i < len(toks):
+            end = min(len(toks), (start + i) // b * b + b - start)
+            out.append((cache, toks[i:end], start + i))
+            i = end
+        return out
 
     def _sample(self, seq: Seq, logits: torch.Tensor) -> int:
         if seq.temperature <= 0 or seq.generator is None:
@@ -152,15 +168,22 @@ class Engine:
             probs = torch.zeros_like(probs).scatter_(0, idx[keep], sp[keep])
         return int(torch.multinomial(probs, 1, generator=seq.generator))
 
-    def snapshot(self, seq: Seq, keep_kv: bool = True) -> KvSnapshot:
-        kv = None
+    def snapshot(self, seq: Seq, keep_kv: bool = True, region_for=None) -> KvSnapshot:
+        """The state of seq on the host. `region_for(shape, dtype)` (the llm worker's snapshot
+        store) gives a place in its shared-memory arena shaped like the whole cache, so that
+        restore can map it copy-on-write; without one (or None from it) private memory."""
+        kv, region = None, None
         if keep_kv and seq.cache is not None and seq.n_cached:
             part = seq.cache[:, :, :, :seq.n_cached]
-            kv = host_empty(tuple(part.shape), part.dtype).copy_(part)
+            region = region_for(tuple(seq.cache.shape), seq.cache.dtype) if region_for else None
+            if region is not None:
+                kv = region.tensor()[:, :, :, :seq.n_cached].copy_(part)
+            else:
+                kv = host_empty(tuple(part.shape), part.dtype).copy_(part)
         rng = bytes(seq.generator.get_state().numpy().tobytes()) if seq.generator is not None else None
         n_cached = seq.n_cached if kv is not None else 0
         return KvSnapshot(list(seq.tokens), seq.n_prompt, n_cached, seq.max_tokens, seq.temperature,
-                          seq.top_p, seq.seed, rng, self.model_id, kv)
+                          seq.top_p, seq.seed, rng, self.model_id, kv, region)
 
     def restore(self, snap: KvSnapshot, rid: int) -> Seq:
         seq = Seq(rid, list(snap.tokens), snap.n_prompt, snap.max_tokens, snap.temperature, snap.top_p,
@@ -169,9 +192,14 @@ class Engine:
             seq.generator = torch.Generator(device="cpu")
             seq.generator.set_state(torch.frombuffer(bytearray(snap.rng_state), dtype=torch.uint8))
         if snap.kv is not None:
-            self._ensure_cache(seq)
-            assert seq.cache is not None
-            seq.cache[:, :, :, :snap.n_cached] = snap.kv.to(seq.cache.device)
+            region = snap.region
+            if region is not None and self.device == "cpu" and region.shape[3] == seq.capacity \
+                    and region.dtype == self.model.dtype:
+                seq.cache = region.adopt()   # copy-on-write: no copy now, the snapshot stays intact
+            else:
+                self._ensure_cache(seq)
+                assert seq.cache is not None
+                seq.cache[:, :, :, :snap.n_cached] = snap.kv.to(seq.cache.device)
             seq.n_cached = snap.n_cached
         elif len(snap.tokens) > snap.n_prompt:
             # recompute: feed the prompt in chunks, then re-feed the generated tokens one by one,
@@ -180,46 +208,63 @@ class Engine:
             seq.replay = list(snap.tokens[snap.n_prompt + 1:])
         return seq
 
+    def unit(self, chunk: int) -> int:
+        """Tokens reused at a time: a block when chunks are made of whole blocks (then where a
+        chunk starts changes nothing), else a whole chunk (whose blocks depend on the chunking)."""
+        return self.block if chunk % self.block == 0 else chunk
+
     @staticmethod
-    def _prefix_key(tokens: list[int], end: int, chunk: int) -> tuple:
+    def _prefix_key(tokens: list[int], end: int, unit: int) -> tuple:
         import numpy as np
-        return chunk, hashlib.blake2b(np.asarray(tokens[:end], dtype=np.int64).tobytes(), digest_size=16).digest()
+        return unit, hashlib.blake2b(np.asarray(tokens[:end], dtype=np.int64).tobytes(), digest_size=16).digest()
 
     def reuse_prefix(self, seq: Seq, chunk: int) -> int:
-        """Copy the cached K/V of the prompt's leading whole chunks into seq's cache; the tokens
+        """Copy the cached K/V of the prompt's leading whole units into seq's cache; the tokens
         skipped. The last prompt token is always fed: its logits give the first sample."""
-        if not self.prefix_bytes or chunk < 1 or seq.n_cached % chunk or seq.replay:
+        unit = self.unit(chunk)
+        if not self.prefix_bytes or chunk < 1 or seq.n_cached % unit or seq.replay:
             return 0
         start = seq.n_cached
-        while seq.n_cached + chunk <= seq.n_prompt - 1:
-            kv = self.prefixes.get(self._prefix_key(seq.tokens, seq.n_cached + chunk, chunk))
+        while seq.n_cached + unit <= seq.n_prompt - 1:
+            key = self._prefix_key(seq.tokens, seq.n_cached + unit, unit)
+            kv = self.prefixes.get(key)
             if kv is None:
                 break
             self._ensure_cache(seq)
             assert seq.cache is not None
-            seq.cache[:, :, :, seq.n_cached:seq.n_cached + chunk] = kv
-            self.prefixes.move_to_end(self._prefix_key(seq.tokens, seq.n_cached + chunk, chunk))
-            seq.n_cached += chunk
+            seq.cache[:, :, :, seq.n_cached:seq.n_cached + unit] = kv
+            self.prefixes.move_to_end(key)
+            seq.n_cached += unit
         self.reused_tokens += seq.n_cached - start
         return seq.n_cached - start
 
     def chunk_key(self, seq: Seq, chunk: int) -> tuple | None:
-        """The cache key of the reusable prompt chunk seq feeds next, if it feeds one."""
-        end = seq.n_cached + chunk
-        if seq.n_cached % chunk or end > seq.n_prompt - 1:
+        """The cache key of the first reusable unit of the chunk seq feeds next, if any: a
+        request that computes the same one in this step makes seq wait a step and reuse it."""
+        unit = self.unit(chunk)
+        end = seq.n_cached + unit
+        if seq.n_cached % unit or end > seq.n_prompt - 1:
             return None
-        return self._prefix_key(seq.tokens, end, chunk)
+        return self._prefix_key(seq.tokens, end, unit)
 
     def remember_prefix(self, seq: Seq, start: int, chunk: int) -> None:
-        """Keep the K/V of the whole prompt chunk seq just fed at `start` (LRU, prefix_bytes)."""
-        end = start + chunk
-        if not self.prefix_bytes or start % chunk or end > seq.n_prompt or seq.cache is None:
+        """Keep the K/V of the whole prompt units seq fed from `start` in its last step (LRU,
+        prefix_bytes)."""
+        unit = self.unit(chunk)
+        if not self.prefix_bytes or seq.cache is None:
             return
-        key = self._prefix_key(seq.tokens, end, chunk)
+        at = -(-start // unit) * unit
+        while at + unit <= min(seq.n_cached, seq.n_prompt):
+            self._keep(seq, at, unit)
+            at += unit
+
+    def _keep(self, seq: Seq, at: int, unit: int) -> None:
+        assert seq.cache is not None
+        key = self._prefix_key(seq.tokens, at + unit, unit)
         if key in self.prefixes:
             self.prefixes.move_to_end(key)
             return
-        part = seq.cache[:, :, :, start:end]
+        part = seq.cache[:, :, :, at:at + unit]
         kv = host_empty(tuple(part.shape), part.dtype, part.device).copy_(part)
         self.prefixes[key] = kv
         self.prefix_used += kv.numel() * kv.element_size()

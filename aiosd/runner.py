@@ -57,7 +57,7 @@ class Runner:
             return []
         events = self.engine.step([(self.seqs[rid], n) for rid, n in plan])
         for (rid, n), (seq, _, done) in zip(plan, events, strict=True):
-            if rid in starts and seq.n_cached - starts[rid] == self.sched.items[rid].chunk:
+            if on and rid in starts and seq.n_cached <= seq.n_prompt:   # a prefill step
                 self.engine.remember_prefix(seq, starts[rid], self.sched.items[rid].chunk)
             self.sched.advance(rid, n)
             if done:

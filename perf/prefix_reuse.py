@@ -7,8 +7,10 @@ In-process, through aiosd.runner.Runner (the step loop the llm worker runs) and 
 scheduler: all agents submit at once; TTFT is submission to each request's first token.
 Two cases with reuse on: `cold` (the system prompt is new: the first requests compute it, the
 others reuse it as soon as it exists) and `warm` (an earlier request already carried it).
-Reuse works in whole prefill chunks, so how much of the 500 tokens is skipped depends on the
-chunk size: that is why several chunk sizes are shown. Target (issue 5): >= 2x sooner.
+Reuse works in blocks of 32 tokens (aiosd.engine.BLOCK) whatever the prefill chunk (a chunk
+that is a multiple of the block), so all but the last partial block of the shared prompt is
+skipped; several chunk sizes are shown because the chunk still sets how the cold case's first
+request and the others interleave. Target (issue 5): >= 2x sooner.
 Writes perf/results/prefix_reuse.json and prints a markdown table.
 """
 

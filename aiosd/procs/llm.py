@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiosd import context as cx
+from aiosd import kv_shm
 from aiosd import toolcalls
 from aiosd.errors import AiosError
 from aiosd.llm_openai import RemoteBackend, RemoteChat
@@ -108,7 +109,13 @@ class LlmManager(RemoteChat, Manager):
         self.jobs: dict[int, Job] = {}
         self.next_rid = 1
         self.max_context = self.engine.max_context
-        self.snaps = cx.SnapshotStore(self.cfg.snapshot_budget_bytes, self._spill, self._fetch)
+        # snapshots' K/V in a shared-memory segment of the budget's size; a predecessor killed
+        # with SIGKILL could not unlink its own, so ours replaces it
+        prefix = kv_shm.home_prefix(self.cfg.home)
+        if kv_shm.clean_stale(prefix):
+            log.info("removed a dead llm worker's snapshot segment")
+        self.snaps = cx.SnapshotStore(self.cfg.snapshot_budget_bytes, self._spill, self._fetch,
+                                      arena=kv_shm.Arena(prefix, self.cfg.snapshot_budget_bytes))
         # the first step of a fresh engine is slow (allocation, lazy init): pay for it before the
         # hello, so the kernel's readiness means ready to serve and no live step runs that long
         warm = Runner(self.engine, Scheduler("fifo", 1, self.cfg.max_batch_tokens, self.cfg.prefill_chunk))
@@ -117,6 +124,7 @@ class LlmManager(RemoteChat, Manager):
 
     # helpers
     def _ctx(self, aid: int, strategy: str | None = None) -> cx.AgentContext:
+        """aid's context, made on first use (by any call) with the strategy its spawn asked for."""
         c = self.contexts.get(aid)
         if c is None:
             c = self.contexts[aid] = cx.AgentContext(window=min(self.cfg.context_window, self.max_context),
@@ -211,7 +219,8 @@ class LlmManager(RemoteChat, Manager):
                             else f"no in-flight request {want} of the caller")
         job = max(mine, key=lambda j: j.t_submit)
         seq = job.seq
-        snap = self.engine.snapshot(seq)
+        snap = self.engine.snapshot(seq, region_for=self.snaps.reserve) \
+            if getattr(self.engine, "kind", "") != "llamacpp" else self.engine.snapshot(seq)
         sid = self.snaps.put(req.aid, snap, {**job.meta, "base_text": job.text})
         self._finish(job, "snapshot", extra={"snapshot": sid})
         return {"snapshot": sid, "tokens": len(snap.tokens), "generated": len(snap.tokens) - snap.n_prompt,
@@ -238,13 +247,13 @@ class LlmManager(RemoteChat, Manager):
 
     def handle_get_context(self, req: Request) -> Any:
         aid = int(req.args["aid"]) if req.args.get("aid") is not None else req.aid
-        c = self._ctx(aid)
+        c = self._ctx(aid, req.ctx.get("context_strategy") if aid == req.aid else None)
         return {"messages": c.messages, "tokens": self._ntok(c.messages) if c.messages else 0,
                 "window": c.window, "strategy": c.strategy}
 
     def handle_set_context(self, req: Request) -> Any:
         msgs = cx.check_messages(req.args.get("messages"))
-        c = self._ctx(req.aid)
+        c = self._ctx(req.aid, req.ctx.get("context_strategy"))
         n = self._ntok(msgs)
         if len(msgs) == 1 and n > c.window:
             raise AiosError("EINVAL", f"one message of {n} tokens exceeds the window of {c.window}")
@@ -252,11 +261,11 @@ class LlmManager(RemoteChat, Manager):
         return {"tokens": n}
 
     def handle_clr_context(self, req: Request) -> Any:
-        self._ctx(req.aid).messages = []
+        self._ctx(req.aid, req.ctx.get("context_strategy")).messages = []
         return True
 
     def handle_exp_context(self, req: Request) -> Any:
-        c = self._ctx(req.aid)
+        c = self._ctx(req.aid, req.ctx.get("context_strategy"))
         size = int(req.args["size"])
         if size > self.max_context:
             raise AiosError("EINVAL", f"the model's limit is {self.max_context} tokens")
@@ -378,10 +387,11 @@ class LlmManager(RemoteChat, Manager):
                 if key in s:
                     setattr(self.sched, key, int(s[key]))
 
-
     def shutdown(self) -> None:
         if self.remote is not None:
             self.remote.close()
+        if getattr(self, "snaps", None) is not None:  # unlink the snapshot segment
+            self.snaps.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,144 @@
+"""The context manager through a real daemon: summarize with the real model, snapshots in the
+llm worker's /dev/shm segment across an agent's SIGSTOP, and the segment's cleanup when the
+worker is SIGKILLed (restart) or stops."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+from conftest import Daemon
+from procutil import proc_state, wait_for
+
+from aiosd import kv_shm
+from libaios.client import AiosError, Client
+
+# Nothing in the snapshot store is timed (snapshots leave memory by the LRU budget, the agent's
+# exit or a worker restart only), so a few seconds stopped shows what a minute would; set
+# AIOS_TEST_STOP_S=60 to check the issue's figure literally.
+STOP_S = float(os.environ.get("AIOS_TEST_STOP_S", "4"))
+COUNT = "Count from one to twenty in words."
+
+
+@pytest.fixture(scope="module")
+def d():
+    d = Daemon({"context_window": 320}).start()
+    yield d
+    d.stop()
+
+
+def segments(d) -> list[str]:
+    return sorted(n for n in os.listdir(kv_shm.SHM_DIR) if n.startswith(kv_shm.home_prefix(d.home)))
+
+
+def chat(cl, content: str, **kw) -> dict:
+    return cl.syscall(
+        "llm_chat",
+        {"messages": [{"role": "user", "content": content}], "max_tokens": kw.pop("max_tokens", 32), **kw},
+        timeout=300,
+    )
+
+
+def snapshot_midway(d, aid: int, cl) -> tuple[dict, dict]:
+    """(the snapshot, the reply of the generation it cut short), taken from a second
+    connection of the same agent while the first one's llm_chat is in flight."""
+    twin = Client(d.home)
+    twin.syscall("set_aid", {"aid": aid})
+    box: dict = {}
+    t = threading.Thread(target=lambda: box.update(r=chat(cl, COUNT)))
+    t.start()
+    snap = None
+    while snap is None and t.is_alive():
+        try:
+            snap = twin.syscall("gen_snapshot", {}, timeout=60)
+        except AiosError as e:
+            assert e.code == "ENOENT"  # not submitted yet
+    t.join()
+    twin.close()
+    if snap is None:
+        pytest.skip("the generation finished before it could be snapshotted")
+    return snap, box["r"]
+
+
+def test_summarize_with_the_real_model_says_so(d):
+    turns = []
+    for i in range(6):
+        turns += [
+            {
+                "role": "user",
+                "content": f"Tell me about planet number {i} of the solar system, "
+                "its size, its moons and its distance from the sun.",
+            },
+            {
+                "role": "assistant",
+                "content": f"Planet {i} is a world of rock and gas with several "
+                "moons; it orbits far from the sun and is very large.",
+            },
+        ]
+    system = {"role": "system", "content": "You are an astronomy tutor."}
+    for strategy in ("summarize", "truncate"):
+        aid, cl = d.agent(f"ctx-{strategy}", context_strategy=strategy)
+        cl.syscall("set_context", {"messages": [system, *turns]})
+        r = cl.syscall(
+            "llm_chat",
+            {
+                "messages": [{"role": "user", "content": "Which planet is largest?"}],
+                "max_tokens": 48,
+                "temperature": 0,
+                "context": True,
+            },
+            timeout=300,
+        )
+        assert r["context"]["strategy_applied"] == strategy and r["text"].strip()
+        assert r["usage"]["prompt_tokens"] + 48 <= 320  # what was kept fits the window
+        ctx = cl.syscall("get_context", {})
+        msgs = ctx["messages"]
+        assert msgs[0] == system and msgs[-2]["content"] == "Which planet is largest?"
+        summaries = [m for m in msgs if m["content"].startswith("Summary of the earlier conversation: ")]
+        if strategy == "summarize":
+            assert len(summaries) == 1 and msgs[1] == summaries[0]
+            assert len(summaries[0]["content"]) > len("Summary of the earlier conversation: ") + 10
+        else:
+            assert summaries == [] and len(msgs) < len(turns) + 3
+
+
+def test_snapshot_in_shared_memory_survives_the_agent_being_stopped(d):
+    aid, cl = d.agent("stopped")
+    whole = chat(cl, COUNT)
+    snap, cut = snapshot_midway(d, aid, cl)
+    assert cut["finish_reason"] == "snapshot" and whole["text"].startswith(cut["text"])
+    llm = d.manager_pid("llm")
+    assert segments(d) == [kv_shm.home_prefix(d.home) + str(llm)]  # the worker's arena holds it
+    pid = d.root.syscall("get_status", {"aid": aid})["pid"]
+    d.root.syscall("suspend_agent", {"aid": aid})
+    wait_for(lambda: proc_state(pid) == "T")
+    _, other = d.agent("busy-meanwhile")
+    t0 = time.monotonic()
+    assert chat(other, "Say hello.", max_tokens=8)["text"]  # the worker serves others meanwhile
+    time.sleep(max(0.0, STOP_S - (time.monotonic() - t0)))
+    d.root.syscall("resume_agent", {"aid": aid})
+    wait_for(lambda: proc_state(pid) in ("S", "R"))
+    resumed = cl.syscall("gen_restore", {"snapshot": snap["snapshot"]}, timeout=300)
+    assert resumed["text"] == whole["text"]
+
+
+def test_sigkilled_worker_leaves_no_segment_behind():
+    d = Daemon().start()
+    try:
+        aid, cl = d.agent("doomed")
+        snap, _ = snapshot_midway(d, aid, cl)
+        old = d.manager_pid("llm")
+        assert segments(d) == [kv_shm.home_prefix(d.home) + str(old)]
+        os.kill(old, signal.SIGKILL)  # no chance to unlink its segment
+        d.wait_manager("llm", old_pid=old, timeout=300)
+        new = d.manager_pid("llm")
+        assert segments(d) == [kv_shm.home_prefix(d.home) + str(new)]  # the new worker removed it
+        with pytest.raises(AiosError) as e:  # snapshots died with the worker
+            cl.syscall("gen_restore", {"snapshot": snap["snapshot"]}, timeout=60)
+        assert e.value.code == "ENOENT"
+    finally:
+        d.stop()
+    assert segments(d) == []  # and a worker that stops unlinks its own
