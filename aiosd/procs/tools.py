@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any
 
 import zmq
@@ -29,6 +30,7 @@ class Call:
     aid: int
     tool: registry.Tool
     job: dict
+    since: float = field(default_factory=time.monotonic)
 
 
 class ToolsManager(Manager):
@@ -98,6 +100,10 @@ class ToolsManager(Manager):
                 self.fail(c.req_id, "EIO", f"tool {c.tool.name}: {exc}")
                 continue
             if not given:
+                if time.monotonic() - c.since > c.job["timeout"]:  # workers that never come up
+                    self.fail(c.req_id, "ETIMEDOUT", f"no sandbox for {c.tool.name} became free in "
+                                                     f"{c.job['timeout']:g} s: the tool workers are not ready")
+                    continue
                 held.append(c)    # no spare of its kind yet: tick() tries again
                 continue
             self.running[c.job["job"]] = c
