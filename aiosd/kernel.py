@@ -31,6 +31,7 @@ from aiosd.gate import Gate
 from aiosd.kernel_attach import AttachCalls
 from aiosd.kernel_calls import KernelCalls
 from aiosd.kernel_link import ManagerLink, Pending
+from aiosd.kernel_reads import LOCAL_READS, LocalReads
 from aiosd.limits import LLM_CALLS, LlmLimits
 from aiosd.proctable import ProcessTable
 from aiosd.ratelimit import TokenBucket
@@ -39,11 +40,13 @@ from aiosd.syscalls import SYSCALLS, Syscall
 
 log = logging.getLogger("aiosd")
 DEFERRED = object()
+# ints: OR-ing and comparing pyzmq's flag enums costs microseconds a message
+NOBLOCK, SNDMORE, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.SNDMORE), int(zmq.EVENTS), int(zmq.POLLIN)
 # calls that block in a manager: the caller is WAITING meanwhile
 WAITING_CALLS = {"llm_chat", "gen_restore", "tool_call", "wait_agent"}
 
 
-class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
+class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.table = ProcessTable()
@@ -55,6 +58,7 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
         self.attached: dict[int, int] = {}  # aid -> carrier pid (kernel_attach.py)
         self.audit = audit.AuditBuffer()
         self.pending: dict[int, Pending] = {}
+        self.outbox: dict[bytes, list[bytes]] = {}  # manager ident -> bodies of this loop pass
         self.held: list[tuple[float, bytes, dict]] = []  # requests for a manager that is restarting
         self.waiters: dict[int, list[tuple[bytes, Any, float]]] = {}
         self.impersonating: dict[bytes, int] = {}
@@ -131,15 +135,28 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
             if now >= self.next_housekeeping:  # not on every message: the hot path stays short
                 self.next_housekeeping = now + 0.01
                 self.housekeeping()
+            if self.outbox:
+                self.flush_posts()
         self.shutdown()
 
     @staticmethod
     def drain(sock: zmq.Socket, handler) -> None:
-        for _ in range(1000):  # bounded, so one side cannot starve the other
-            try:
-                frames = sock.recv_multipart(zmq.NOBLOCK, copy=False)
-            except zmq.Again:
+        # Frame by frame with plain int flags (recv_multipart's flag enums and its RCVMORE
+        # getsockopt cost more than the rest of receiving a request), and asking EVENTS
+        # before each further message rather than ending on zmq.Again: building that
+        # exception costs ~10 us, more than a whole request to get_status otherwise.
+        recv, get = sock.recv, sock.get
+        for i in range(1000):  # bounded, so one side cannot starve the other
+            if i and not get(EVENTS) & POLLIN:
                 return
+            try:
+                frame = recv(NOBLOCK, copy=False)
+            except zmq.Again:  # the poll's readiness was stale
+                return
+            frames = [frame]
+            while frame.more:  # the rest of a multipart message arrives with its first part
+                frame = recv(NOBLOCK, copy=False)
+                frames.append(frame)
             handler(frames)
 
     # ---- front end ----------------------------------------------------------------------
@@ -179,6 +196,8 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
             self.table.syscall_begin(row, sc.name in WAITING_CALLS)
         if sc.manager == "kernel":
             self.serve_kernel_call(ident, req_id, caller, row, sc, args, target, t0)
+        elif sc.name in LOCAL_READS and self.serve_local_read(ident, req_id, caller, sc, args, target, t0):
+            pass
         else:
             self.forward(ident, req_id, caller, sc, args, target, t0)
 
@@ -221,11 +240,13 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
                                 "latency_s": round(time.perf_counter() - p.t0, 6)})
 
     def send_to(self, p: Pending, reply: dict) -> None:
-        sock = self.back if p.from_manager else self.front
         if p.origin == b"kernel":
             return
+        if p.from_manager:
+            return self.post(p.origin, protocol.pack(reply))
         try:
-            sock.send_multipart([p.origin, protocol.pack(reply)], copy=False)
+            self.front.send(p.origin, SNDMORE)
+            self.front.send(protocol.pack(reply))
         except zmq.ZMQError:
             pass
 
@@ -235,7 +256,8 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
             body = protocol.err(req_id, *error)
         else:
             body = protocol.ok(req_id, result)
-        self.front.send_multipart([ident, protocol.pack_msg(body, self.cfg.shm_threshold)], copy=False)
+        self.front.send(ident, SNDMORE)
+        self.front.send(protocol.pack_msg(body, self.cfg.shm_threshold))
 
     # ---- children -----------------------------------------------------------------------
     def reap(self) -> None:
@@ -264,7 +286,7 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
             # ping on a clock of our own: a manager that talks a lot must still hear from us
             if m.state == MgrState.RUNNING and m.ident is not None and now - m.last_ping >= self.cfg.heartbeat_s:
                 m.last_ping = now
-                self.back.send_multipart([m.ident, protocol.pack({"hb": 1})])
+                self.post(m.ident, protocol.pack({"hb": 1}))
         for m in self.sup.hung(max(10.0, self.cfg.heartbeat_s * self.cfg.heartbeat_liveness * 10)):
             log.error("manager %s stopped answering; killing it", m.name)
             os.kill(m.pid, signal.SIGKILL)
@@ -285,10 +307,12 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls):
         log.info("stopping: agents first")
         self.stop_agents()
         self.flush_audit()
+        self.flush_posts()
         deadline = time.time() + 2.0
         while any(p.call == "_audit" for p in self.pending.values()) and time.time() < deadline:
             if self.back.poll(50):
                 self.drain(self.back, self.on_backend)
+            self.flush_posts()
         log.info("stopping: managers")
         self.sup.stopping = True
         self.sup.signal_all(signal.SIGTERM)

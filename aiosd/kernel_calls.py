@@ -12,7 +12,7 @@ import resource
 import signal
 import subprocess
 import time
-from aiosd import crypto, protocol
+from aiosd import audit, crypto, protocol
 from aiosd.access import Principal, agent_ids
 from aiosd.errors import AiosError
 from aiosd.limits import check_child
@@ -37,7 +37,6 @@ class KernelCalls:
             self.answer(ident, req_id, caller, sc.name, args, t0, result=result)
 
     def answer(self, ident, req_id, caller: Principal, call: str, args, t0, result=None, error=None) -> None:
-        from aiosd import audit
         self.reply_front(ident, req_id, result=result, error=error)
         row = self.table.get(caller.aid) if not caller.is_root else None
         if row is not None:
@@ -52,7 +51,7 @@ class KernelCalls:
     def broadcast(self, event: dict) -> None:
         for m in self.sup.procs.values():
             if m.state == MgrState.RUNNING and m.ident is not None:
-                self.back.send_multipart([m.ident, protocol.pack(event)])
+                self.post(m.ident, protocol.pack(event))
 
     def row_of(self, aid: int | None, caller: Principal) -> AgentRow:
         aid = caller.aid if aid is None else aid

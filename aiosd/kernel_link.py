@@ -11,6 +11,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+import zmq
+
 from aiosd import protocol
 from aiosd.access import Principal
 from aiosd.errors import AiosError
@@ -18,6 +20,7 @@ from aiosd.supervisor import MgrState
 from aiosd.syscalls import SYSCALLS
 
 log = logging.getLogger("aiosd")
+SNDMORE = int(zmq.SNDMORE)
 
 
 @dataclass
@@ -45,7 +48,26 @@ class ManagerLink:
             return
         if isinstance(msg.get("id"), int):
             m.inflight.add(msg["id"])
-        self.back.send_multipart([m.ident, protocol.pack(msg)], copy=False)
+        self.post(m.ident, protocol.pack(msg))
+
+    def post(self, ident: bytes, body: bytes) -> None:
+        """Queue a body for a manager. Everything for one manager from one pass of the loop
+        leaves as one frame (flush_posts): 16 agents' writes reach storage in one message,
+        and its batch of answers comes back in one. Order per manager is kept."""
+        q = self.outbox.get(ident)
+        if q is None:
+            self.outbox[ident] = [body]
+        else:
+            q.append(body)
+
+    def flush_posts(self) -> None:
+        out, self.outbox = self.outbox, {}
+        for ident, bodies in out.items():
+            try:
+                self.back.send(ident, SNDMORE)
+                self.back.send(protocol.join_bodies(bodies))
+            except zmq.ZMQError:
+                pass
 
     def fail_pending(self, msg: dict, code: str, message: str) -> None:
         kid = msg.get("id")
@@ -55,11 +77,14 @@ class ManagerLink:
     def on_backend(self, frames: list) -> None:
         ident = frames[0].bytes
         try:
-            msg = protocol.unpack(frames[-1].bytes, 1 << 30)
+            msgs, _ = protocol.unpack_frame(frames[-1].bytes, 1 << 30)
         except AiosError:
             return
-        if not isinstance(msg, dict):
-            return
+        for msg in msgs:
+            if isinstance(msg, dict):
+                self.on_manager_msg(ident, msg)
+
+    def on_manager_msg(self, ident: bytes, msg: dict) -> None:
         m = self.manager_by_ident(ident)
         if "hello" in msg:
             m = self.sup.procs.get(str(msg["hello"]))
@@ -102,7 +127,7 @@ class ManagerLink:
                 raise AiosError("EINVAL", "managers make no kernel calls")
             args = sc.check(msg.get("args"))
         except AiosError as exc:
-            self.back.send_multipart([ident, protocol.pack(protocol.err(msg.get("id"), exc.code, exc.message))])
+            self.post(ident, protocol.pack(protocol.err(msg.get("id"), exc.code, exc.message)))
             return
         self.forward(ident, msg.get("id"), caller, sc, args, None, t0, from_manager=True)
 

@@ -87,6 +87,44 @@ def unpack_refs(data: bytes, max_size: int = 1 << 20) -> tuple[Any, bool]:
         raise AiosError("EPROTO", f"body is not valid msgpack ({type(exc).__name__})") from None
 
 
+# Never the first byte of a msgpack object, so it marks a frame holding several bodies back
+# to back: the kernel and the busy managers send what one pass of their loop produced for
+# one peer as one frame (one send, one wake-up, one receive instead of one per message).
+BATCH = b"\xc1"
+
+
+def join_bodies(bodies: list[bytes]) -> bytes:
+    return bodies[0] if len(bodies) == 1 else BATCH + b"".join(bodies)
+
+
+def unpack_frame(data: bytes, max_size: int = 1 << 20) -> tuple[list[Any], bool]:
+    """Decode a frame of one body or a batch of them; also say whether any holds shared-memory
+    references. Malformed input is an AiosError(EPROTO), as in unpack_refs."""
+    if data[:1] != BATCH:
+        msg, refs = unpack_refs(data, max_size)
+        return [msg], refs
+    if len(data) > max_size:
+        raise AiosError("EPROTO", f"frame of {len(data)} bytes is over the {max_size}-byte limit")
+    seen = []
+
+    def hook(code: int, payload: bytes) -> Any:
+        seen.append(code)
+        return _ext_hook(code, payload)
+
+    unpacker = msgpack.Unpacker(ext_hook=hook, raw=False, strict_map_key=False, max_buffer_size=len(data) + 1)
+    unpacker.feed(memoryview(data)[1:])
+    unpacker.feed(b"\xc0")  # a nil after the last body: left over as itself only if that body was whole
+    try:
+        msgs = list(unpacker)
+    except AiosError:
+        raise
+    except Exception as exc:
+        raise AiosError("EPROTO", f"batch is not valid msgpack ({type(exc).__name__})") from None
+    if not msgs or msgs.pop() is not None:
+        raise AiosError("EPROTO", "batch ends inside a body")
+    return msgs, bool(seen)
+
+
 def shm_put(data: bytes) -> ShmRef:
     name = SHM_PREFIX + secrets.token_hex(12)
     fd = os.open(os.path.join(SHM_DIR, name), os.O_CREAT | os.O_EXCL | os.O_RDWR, 0o600)

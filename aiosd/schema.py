@@ -34,36 +34,39 @@ class Arg:
     choices: tuple | None = None
     doc: str = ""
 
+    @property
+    def where(self) -> str:  # formatted only for an error: check runs on every request
+        return f"argument '{self.name}'"
+
     def check(self, value: Any) -> Any:
-        where = f"argument '{self.name}'"
         if value is None:
             if self.required:
-                raise AiosError("EINVAL", f"{where} is required")
+                raise AiosError("EINVAL", f"{self.where} is required")
             return None
         if isinstance(value, ShmRef):
             if self.type not in ("bytes", "data", "str", "any"):
-                raise AiosError("EINVAL", f"{where} must be {self.type}, not a shared-memory payload")
+                raise AiosError("EINVAL", f"{self.where} must be {self.type}, not a shared-memory payload")
             if self.max_len is not None and value.size > self.max_len:
-                raise AiosError("E2BIG", f"{where} has {value.size} bytes, over the limit of {self.max_len}")
+                raise AiosError("E2BIG", f"{self.where} has {value.size} bytes, over the limit of {self.max_len}")
             return value
         types = _PY[self.type]
         if self.type in ("int", "float") and isinstance(value, bool):
-            raise AiosError("EINVAL", f"{where} must be {self.type}, not bool")
+            raise AiosError("EINVAL", f"{self.where} must be {self.type}, not bool")
         if not isinstance(value, types):
-            raise AiosError("EINVAL", f"{where} must be {self.type}, not {type(value).__name__}")
+            raise AiosError("EINVAL", f"{self.where} must be {self.type}, not {type(value).__name__}")
         if self.type == "float":
             value = float(value)
             if math.isnan(value) or math.isinf(value):
-                raise AiosError("EINVAL", f"{where} must be a finite number")
+                raise AiosError("EINVAL", f"{self.where} must be a finite number")
         if self.min is not None and isinstance(value, (int, float)) and value < self.min:
-            raise AiosError("EINVAL", f"{where} must be >= {self.min}, got {value}")
+            raise AiosError("EINVAL", f"{self.where} must be >= {self.min}, got {value}")
         if self.max is not None and isinstance(value, (int, float)) and value > self.max:
-            raise AiosError("EINVAL", f"{where} must be <= {self.max}, got {value}")
+            raise AiosError("EINVAL", f"{self.where} must be <= {self.max}, got {value}")
         if self.max_len is not None and hasattr(value, "__len__") and len(value) > self.max_len:
             code = "E2BIG" if isinstance(value, (bytes, str)) else "EINVAL"
-            raise AiosError(code, f"{where} has length {len(value)}, over the limit of {self.max_len}")
+            raise AiosError(code, f"{self.where} has length {len(value)}, over the limit of {self.max_len}")
         if self.choices is not None and value not in self.choices:
-            raise AiosError("EINVAL", f"{where} must be one of {', '.join(map(str, self.choices))}")
+            raise AiosError("EINVAL", f"{self.where} must be one of {', '.join(map(str, self.choices))}")
         return value
 
 

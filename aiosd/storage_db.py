@@ -76,7 +76,82 @@ def as_bytes(data: Any) -> bytes:
     raise AiosError("EINVAL", "data must be bytes or a string")
 
 
-class StorageDB:
+class TooBig(Exception):
+    """A value larger than the reader agreed to copy (the kernel forwards such reads)."""
+
+
+class StorageReader:
+    """Files and versions, read-only. The storage manager's StorageDB is one; the kernel
+    holds another on the same environment (LMDB serves any number of reader processes
+    beside its one writer, and a read transaction begun after a commit sees it)."""
+
+    env: lmdb.Environment
+    db: dict
+
+    @classmethod
+    def open_readonly(cls, path: str | Path) -> StorageReader:
+        """Open an environment the storage manager has created (lmdb.Error if it has not)."""
+        self = cls.__new__(cls)
+        self.env = lmdb.open(str(path), readonly=True, create=False, max_dbs=len(DBS) + 2, subdir=True,
+                             max_readers=256)
+        self.env.set_mapsize(0)  # adopt the writer's current map size
+        # opened outside any transaction of ours: a handle opened in a read transaction is
+        # not valid in the next one
+        self.db = {name: self.env.open_db(name.encode(), create=False) for name in ("files", "versions")}
+        return self
+
+    def begin(self, buffers: bool = False) -> lmdb.Transaction:
+        try:
+            return self.env.begin(buffers=buffers)
+        except lmdb.MapResizedError:  # the writer grew the map since we mapped it
+            self.env.set_mapsize(0)
+            return self.env.begin(buffers=buffers)
+
+    def _meta(self, txn, ns: str, path: str) -> dict | None:
+        raw = txn.get(fkey(ns, path), db=self.db["files"])
+        return protocol.unpack(raw, 1 << 24) if raw else None
+
+    def read(self, ns: str, path: str, version: int | None = None, max_size: int | None = None) -> dict:
+        """A version's bytes (the latest by default); over `max_size` raises TooBig uncopied."""
+        check_path(path)
+        with self.begin(buffers=max_size is not None) as txn:
+            meta = self._meta(txn, ns, path)
+            if meta is None:
+                raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
+            v = version or meta["v"]
+            if v not in meta["kept"]:
+                raise AiosError("ENOENT", f"version {v} of '{path}' is not kept (kept: {meta['kept']})")
+            data = txn.get(vkey(ns, path, v), db=self.db["versions"])
+            if max_size is not None:
+                if len(data) > max_size:
+                    raise TooBig(len(data))
+                data = bytes(data)  # the buffer dies with the transaction
+            return {"data": data, "version": v}
+
+    def versions(self, ns: str, path: str) -> list[dict]:
+        check_path(path)
+        with self.begin() as txn:
+            meta = self._meta(txn, ns, path)
+            if meta is None:
+                raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
+            return [{"version": v, "size": s} for v, s in zip(meta["kept"], meta["sizes"], strict=True)]
+
+    def list(self, ns: str, prefix: str = "") -> list[str]:
+        check_path(prefix, "prefix", prefix=True)
+        start = fkey(ns, prefix)
+        out = []
+        with self.begin() as txn:
+            cur = txn.cursor(self.db["files"])
+            if cur.set_range(start):
+                for key in cur.iternext(keys=True, values=False):
+                    if not key.startswith(start):
+                        break
+                    out.append(key[len(ns.encode()) + 1:].decode())
+        return out
+
+
+
+class StorageDB(StorageReader):
     def __init__(self, path: str | Path, map_size: int = 1 << 32, versions_kept: int = 8,
                  default_quota: int = 256 << 20, sync: str = "full"):
         self.path = Path(path)
@@ -161,10 +236,6 @@ class StorageDB:
         txn.put(ns.encode(), protocol.pack(q), db=self.db["quotas"])
 
     # ---- files --------------------------------------------------------------------------
-    def _meta(self, txn, ns: str, path: str) -> dict | None:
-        raw = txn.get(fkey(ns, path), db=self.db["files"])
-        return protocol.unpack(raw, 1 << 24) if raw else None
-
     def write_op(self, ns: str, path: str, data: Any, quota: int | None = None) -> Callable:
         check_ns(ns)
         check_path(path)
@@ -203,38 +274,6 @@ class StorageDB:
             self._charge(txn, ns, -meta["size"])
             return {"deleted": path, "versions": len(meta["kept"])}
         return op
-
-    def read(self, ns: str, path: str, version: int | None = None) -> dict:
-        check_path(path)
-        with self.env.begin(buffers=False) as txn:
-            meta = self._meta(txn, ns, path)
-            if meta is None:
-                raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
-            v = version or meta["v"]
-            if v not in meta["kept"]:
-                raise AiosError("ENOENT", f"version {v} of '{path}' is not kept (kept: {meta['kept']})")
-            return {"data": txn.get(vkey(ns, path, v), db=self.db["versions"]), "version": v}
-
-    def versions(self, ns: str, path: str) -> list[dict]:
-        check_path(path)
-        with self.env.begin() as txn:
-            meta = self._meta(txn, ns, path)
-            if meta is None:
-                raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
-            return [{"version": v, "size": s} for v, s in zip(meta["kept"], meta["sizes"], strict=True)]
-
-    def list(self, ns: str, prefix: str = "") -> list[str]:
-        check_path(prefix, "prefix", prefix=True)
-        start = fkey(ns, prefix)
-        out = []
-        with self.env.begin() as txn:
-            cur = txn.cursor(self.db["files"])
-            if cur.set_range(start):
-                for key in cur.iternext(keys=True, values=False):
-                    if not key.startswith(start):
-                        break
-                    out.append(key[len(ns.encode()) + 1:].decode())
-        return out
 
     def usage(self, ns: str) -> dict:
         with self.env.begin() as txn:

@@ -27,6 +27,7 @@ from aiosd.errors import AiosError
 
 DEFERRED = object()
 log = logging.getLogger("aiosd")
+NOBLOCK, EVENTS, POLLIN = int(zmq.NOBLOCK), int(zmq.EVENTS), int(zmq.POLLIN)  # ints: pyzmq's enums are slow
 
 
 @dataclass
@@ -45,6 +46,10 @@ class Request:
 
 class Manager:
     name = "manager"
+    # Answers of one pass of the loop leave as one frame (protocol.join_bodies). Only for
+    # managers whose handlers never run long between passes: a buffered partial (streamed
+    # tokens) would otherwise wait for the pass to end.
+    batch_replies = False
 
     def __init__(self, cfg: Config):
         self.cfg = cfg
@@ -55,6 +60,7 @@ class Manager:
         self._running = True
         self._last_rx = time.monotonic()
         self._last_hb = 0.0
+        self._out: list[bytes] | None = [] if self.batch_replies else None
 
     # hooks for subclasses
     def setup(self) -> None:
@@ -75,12 +81,33 @@ class Manager:
 
     # replies
     def send(self, msg: dict) -> None:
-        assert self.sock is not None
-        self.sock.send(protocol.pack(msg), copy=False)
+        self._send_body(protocol.pack(msg))
 
     def reply(self, req_id: Any, result: Any) -> None:
+        self._send_body(protocol.pack_msg(protocol.ok(req_id, result), self.cfg.shm_threshold))
+
+    def _send_body(self, body: bytes) -> None:
+        if self._out is not None:
+            self._out.append(body)
+            return
         assert self.sock is not None
-        self.sock.send(protocol.pack_msg(protocol.ok(req_id, result), self.cfg.shm_threshold), copy=False)
+        self.sock.send(body)
+
+    def flush_out(self) -> None:
+        """Send what this pass of the loop buffered (batch_replies), as one frame."""
+        if self._out:
+            body, self._out = protocol.join_bodies(self._out), []
+            assert self.sock is not None
+            self.sock.send(body)
+
+    def recv_msgs(self, raw: bytes) -> list[Any]:
+        """The messages of one frame from the kernel (one, or a batch)."""
+        msgs, refs = protocol.unpack_frame(raw, 1 << 30)
+        if refs:
+            for msg in msgs:
+                if isinstance(msg, dict):
+                    msg["_refs"] = True
+        return msgs
 
     def fail(self, req_id: Any, code: str, message: str) -> None:
         self.send(protocol.err(req_id, code, message))
@@ -96,6 +123,7 @@ class Manager:
     def call(self, call: str, args: dict, aid: int = 0, timeout: float = 30.0) -> Any:
         rid = f"m{next(self._ids)}"
         assert self.sock is not None
+        self.flush_out()  # answers already given must not wait for this call
         self.sock.send(protocol.pack_msg({"id": rid, "call": call, "args": args, "aid": aid},
                                          self.cfg.shm_threshold), copy=False)
         deadline = time.monotonic() + timeout
@@ -106,14 +134,14 @@ class Manager:
                 raise AiosError("ETIMEDOUT", f"internal call {call} timed out")
             if not self.sock.poll(int(left * 1000)):
                 continue
-            msg, refs = protocol.unpack_refs(self.sock.recv(), 1 << 30)
-            if isinstance(msg, dict) and refs:
-                msg["_refs"] = True
-            if isinstance(msg, dict) and msg.get("id") == rid and "ok" in msg:
-                if msg["ok"]:
-                    return protocol.resolve(msg.get("result"))
-                raise AiosError.from_wire(msg.get("error"))
-            self._stash.append(msg)
+            msgs = self.recv_msgs(self.sock.recv())
+            for i, msg in enumerate(msgs):
+                if isinstance(msg, dict) and msg.get("id") == rid and "ok" in msg:
+                    self._stash.extend(msgs[i + 1:])
+                    if msg["ok"]:
+                        return protocol.resolve(msg.get("result"))
+                    raise AiosError.from_wire(msg.get("error"))
+                self._stash.append(msg)
 
     # the loop
     def dispatch(self, msg: dict) -> None:
@@ -160,6 +188,7 @@ class Manager:
         self.sock.connect(self.cfg.endpoint("backend"))
         self.setup()
         self.send({"hello": self.name, "pid": os.getpid()})
+        self.flush_out()
         self.setup_background()
         dead_after = self.cfg.heartbeat_s * self.cfg.heartbeat_liveness * 4
         self._last_rx = time.monotonic()
@@ -170,28 +199,33 @@ class Manager:
             hb = self.cfg.heartbeat_s
             timeout = hb if timeout is None else min(timeout, hb)
             if self.sock.poll(int(timeout * 1000)):
-                # drain everything pending before the next tick
-                while True:
+                # drain everything pending before the next tick; EVENTS is asked before each
+                # further frame because ending on zmq.Again costs more than serving a request
+                first = True
+                while first or self.sock.get(EVENTS) & POLLIN:
+                    first = False
                     try:
-                        raw = self.sock.recv(zmq.NOBLOCK)
+                        raw = self.sock.recv(NOBLOCK)
                     except zmq.Again:
                         break
                     self._last_rx = time.monotonic()
                     try:
-                        msg, refs = protocol.unpack_refs(raw, 1 << 30)
-                        if isinstance(msg, dict) and refs:
-                            msg["_refs"] = True
-                        self._handle(msg)
+                        msgs = self.recv_msgs(raw)
                     except AiosError as exc:
                         log.error("%s dropped a bad message from the kernel: %s", self.name, exc)
+                        continue
+                    for msg in msgs:
+                        self._handle(msg)
             now = time.monotonic()
             if now - self._last_hb >= hb:
                 self.send({"hb": 1})
                 self._last_hb = now
+            self.flush_out()
             if now - self._last_rx > dead_after:
                 log.error("%s lost the kernel; exiting", self.name)
                 break
         self.shutdown()
+        self.flush_out()
         self.sock.close(0)
         self.ctx.term()
 

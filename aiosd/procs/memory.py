@@ -33,6 +33,7 @@ def as_text(content: Any) -> str:
 
 class MemoryManager(Manager):
     name = "memory"
+    batch_replies = True
 
     def setup(self) -> None:
         self.store = MemoryStore(self.cfg.memory_quota, self.cfg.memory_policy)
@@ -65,6 +66,7 @@ class MemoryManager(Manager):
             rid = f"m{next(self._ids)}"
             ids[rid] = i
             self.send({"id": rid, "call": call, "args": protocol.offload(args, self.cfg.shm_threshold), "aid": 0})
+        self.flush_out()
         results: list[Any] = [None] * len(calls)
         deadline = time.monotonic() + timeout
         while ids:
@@ -76,13 +78,13 @@ class MemoryManager(Manager):
                 break
             if not self.sock.poll(int(left * 1000)):
                 continue
-            msg = protocol.unpack(self.sock.recv(), 1 << 30)
-            if isinstance(msg, dict) and msg.get("id") in ids and "ok" in msg:
-                i = ids.pop(msg["id"])
-                results[i] = (protocol.resolve(msg.get("result")) if msg["ok"]
-                              else AiosError.from_wire(msg.get("error")))
-            else:
-                self._stash.append(msg)
+            for msg in self.recv_msgs(self.sock.recv()):
+                if isinstance(msg, dict) and msg.get("id") in ids and "ok" in msg:
+                    i = ids.pop(msg["id"])
+                    results[i] = (protocol.resolve(msg.get("result")) if msg["ok"]
+                                  else AiosError.from_wire(msg.get("error")))
+                else:
+                    self._stash.append(msg)
         return results
 
     def swap_out(self, mem: AgentMemory, records: list[dict]) -> None:

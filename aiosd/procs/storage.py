@@ -30,6 +30,7 @@ SNAP_CALLS = ("snapshot_create", "snapshot_restore")
 
 class StorageManager(Manager):
     name = "storage"
+    batch_replies = True  # a committed batch's answers go back to the kernel as one frame
 
     def setup(self) -> None:
         cfg = self.cfg
@@ -92,6 +93,7 @@ class StorageManager(Manager):
         that needs storage to answer us (memory swapping records) cannot deadlock with us."""
         rid = f"s{next(self._ids)}"
         self.send({"id": rid, "call": call, "args": protocol.offload(args, self.cfg.shm_threshold), "aid": aid})
+        self.flush_out()
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -99,21 +101,26 @@ class StorageManager(Manager):
                 raise AiosError("ETIMEDOUT", f"internal call {call} timed out")
             if not self.sock.poll(int(min(left, 0.05) * 1000)):
                 continue
-            while True:
+            answer = None
+            while answer is None:
                 try:
-                    msg = protocol.unpack(self.sock.recv(zmq.NOBLOCK), 1 << 30)
+                    msgs = self.recv_msgs(self.sock.recv(zmq.NOBLOCK))
                 except zmq.Again:
                     break
-                if isinstance(msg, dict) and msg.get("id") == rid and "ok" in msg:
-                    if msg["ok"]:
-                        return protocol.resolve(msg.get("result"))
-                    raise AiosError.from_wire(msg.get("error"))
-                if isinstance(msg, dict) and "call" in msg and msg["call"] not in SNAP_CALLS:
-                    self.dispatch(msg)
-                else:
-                    self._stash.append(msg)
+                for msg in msgs:
+                    if answer is None and isinstance(msg, dict) and msg.get("id") == rid and "ok" in msg:
+                        answer = msg
+                    elif answer is None and isinstance(msg, dict) and "call" in msg and msg["call"] not in SNAP_CALLS:
+                        self.dispatch(msg)
+                    else:
+                        self._stash.append(msg)
             if self.writer.queue:
                 self.flush()
+            self.flush_out()
+            if answer is not None:
+                if answer["ok"]:
+                    return protocol.resolve(answer.get("result"))
+                raise AiosError.from_wire(answer.get("error"))
 
     def on_event(self, event: dict) -> None:
         settings = event.get("settings") or {}
