@@ -12,13 +12,15 @@ capacity, head_dim], with only its first n positions written. Two reasons:
   and can be restored again. A region stays pinned while such a mapping lives, so it is never
   handed to another snapshot under a request that still reads it.
 
-The segment's name starts with `prefix` (per AIOS_HOME): a worker removes its predecessor's
-segment at start (a SIGKILLed worker cannot clean up) and its own at exit.
+The segment is unlinked as soon as it is mapped (the worker keeps its fd and mapping, and
+/proc/PID/maps still names it): its memory goes back to the system when the worker exits, how
+ever it exits, SIGKILL included, and no name is left behind in /dev/shm to accumulate. Names
+start with `prefix` (per AIOS_HOME), and a starting worker still removes any of its home's that
+a crash in the instant between create and unlink could have left.
 """
 
 from __future__ import annotations
 
-import atexit
 import hashlib
 import mmap
 import os
@@ -85,13 +87,13 @@ class Arena:
             os.close(fd)
             os.unlink(self.path)
             raise
+        os.unlink(self.path)  # nothing to clean up later, whatever kills the worker
         self.fd = fd  # kept: copy-on-write maps are made from it
         self.buf = np.frombuffer(self.mm, dtype=np.uint8)
         self.free: list[tuple[int, int]] = [(0, self.size)]  # (offset, length), sorted
         self.pins: dict[int, int] = {}  # region offset -> live copy-on-write maps
         self.held: dict[int, Region] = {}  # released by the store, still pinned
         self.closed = False
-        atexit.register(self.close)  # an exception out of the worker's loop, a script
 
     def alloc(self, shape: tuple, dtype: torch.dtype) -> Region | None:
         """A region for a cache of `shape`, or None if no free range is large enough."""
@@ -138,14 +140,10 @@ class Arena:
         return self.size - sum(n for _, n in self.free)
 
     def close(self) -> None:
-        """Unlink the segment; its memory goes when the last mapping does."""
+        """Close the segment; its memory goes when the last mapping does."""
         if self.closed:
             return
         self.closed = True
-        try:
-            os.unlink(self.path)
-        except FileNotFoundError:
-            pass
         os.close(self.fd)
 
 

@@ -31,7 +31,14 @@ def d():
 
 
 def segments(d) -> list[str]:
+    """Names of d's snapshot segments in /dev/shm: none ever stay (unlinked once mapped)."""
     return sorted(n for n in os.listdir(kv_shm.SHM_DIR) if n.startswith(kv_shm.home_prefix(d.home)))
+
+
+def mapped(pid: int) -> list[str]:
+    """The snapshot segments process pid maps."""
+    with open(f"/proc/{pid}/maps") as f:
+        return sorted({line.split()[-2] for line in f if kv_shm.PREFIX in line and line.endswith("(deleted)\n")})
 
 
 def chat(cl, content: str, **kw) -> dict:
@@ -110,8 +117,8 @@ def test_snapshot_in_shared_memory_survives_the_agent_being_stopped(d):
     whole = chat(cl, COUNT)
     snap, cut = snapshot_midway(d, aid, cl)
     assert cut["finish_reason"] == "snapshot" and whole["text"].startswith(cut["text"])
-    llm = d.manager_pid("llm")
-    assert segments(d) == [kv_shm.home_prefix(d.home) + str(llm)]  # the worker's arena holds it
+    llm = d.manager_pid("llm")  # the snapshot is in the worker's arena, in shared memory
+    assert mapped(llm) == [f"{kv_shm.SHM_DIR}/{kv_shm.home_prefix(d.home)}{llm}"] and segments(d) == []
     pid = d.root.syscall("get_status", {"aid": aid})["pid"]
     d.root.syscall("suspend_agent", {"aid": aid})
     wait_for(lambda: proc_state(pid) == "T")
@@ -131,14 +138,17 @@ def test_sigkilled_worker_leaves_no_segment_behind():
         aid, cl = d.agent("doomed")
         snap, _ = snapshot_midway(d, aid, cl)
         old = d.manager_pid("llm")
-        assert segments(d) == [kv_shm.home_prefix(d.home) + str(old)]
-        os.kill(old, signal.SIGKILL)  # no chance to unlink its segment
+        prefix = f"{kv_shm.SHM_DIR}/{kv_shm.home_prefix(d.home)}"
+        assert mapped(old) == [prefix + str(old)] and segments(d) == []
+        crumb = prefix + "999999"  # as if a worker had died between creating and unlinking
+        open(crumb, "wb").close()
+        os.kill(old, signal.SIGKILL)  # no chance to clean up: its memory goes with its mappings
         d.wait_manager("llm", old_pid=old, timeout=300)
         new = d.manager_pid("llm")
-        assert segments(d) == [kv_shm.home_prefix(d.home) + str(new)]  # the new worker removed it
+        assert mapped(new) == [prefix + str(new)] and segments(d) == []  # the crumb was removed
         with pytest.raises(AiosError) as e:  # snapshots died with the worker
             cl.syscall("gen_restore", {"snapshot": snap["snapshot"]}, timeout=60)
         assert e.value.code == "ENOENT"
     finally:
         d.stop()
-    assert segments(d) == []  # and a worker that stops unlinks its own
+    assert segments(d) == []

@@ -52,19 +52,28 @@ def test_copy_on_write_leaves_the_snapshot_intact_and_pins_its_region(arena):
     assert arena.alloc((4, 1024), torch.float32).off == r.off
 
 
-def test_segment_is_named_by_home_and_cleaned_by_prefix(tmp_path):
+def test_segment_leaves_no_name_and_stale_ones_are_cleaned_by_prefix(tmp_path):
     prefix = kv_shm.home_prefix(tmp_path)
     assert prefix == kv_shm.home_prefix(tmp_path / ".") and prefix != kv_shm.home_prefix(tmp_path / "x")
     a = kv_shm.Arena(prefix, 1 << 16)
-    other = kv_shm.Arena(kv_shm.home_prefix(tmp_path / "x"), 1 << 16)
     try:
-        assert os.path.basename(a.path).startswith(prefix) and os.path.exists(a.path)
-        assert kv_shm.clean_stale(prefix) == 1  # what a restarted worker does first
-        assert not os.path.exists(a.path) and os.path.exists(other.path)
+        assert os.path.basename(a.path).startswith(prefix) and not os.path.exists(a.path)
+        with open(f"/proc/{os.getpid()}/maps") as f:  # mapped, unlinked: gone with the process
+            assert f"{a.path} (deleted)" in f.read()
+        r = a.alloc((16,), torch.float32)
+        r.tensor().fill_(3.0)
+        assert float(r.adopt()[5]) == 3.0  # copy-on-write maps still come from its fd
     finally:
         a.close()
-        other.close()
-    assert not os.path.exists(other.path)
+    stale = [os.path.join(kv_shm.SHM_DIR, prefix + "12345"), os.path.join(kv_shm.SHM_DIR, prefix + "x")]
+    mine = os.path.join(kv_shm.SHM_DIR, kv_shm.home_prefix(tmp_path / "x") + "1")
+    for p in (*stale, mine):
+        open(p, "wb").close()
+    try:
+        assert kv_shm.clean_stale(prefix) == 2  # what a starting worker does first
+        assert not any(os.path.exists(p) for p in stale) and os.path.exists(mine)
+    finally:
+        os.unlink(mine)
 
 
 def test_store_makes_room_in_the_arena_and_places_foreign_bytes():
@@ -89,7 +98,7 @@ def test_store_makes_room_in_the_arena_and_places_foreign_bytes():
         assert store.ram_bytes <= store.budget
     finally:
         store.close()
-    assert not os.path.exists(arena.path)
+    assert arena.closed
 
 
 def cx_snap(kv: torch.Tensor):
