@@ -101,6 +101,32 @@ def test_store_makes_room_in_the_arena_and_places_foreign_bytes():
     assert arena.closed
 
 
+def test_a_cache_read_back_from_storage_is_placed_shaped_like_the_cache_it_restores_into():
+    spilled: dict[str, bytes] = {}
+    store = cx.SnapshotStore(
+        budget=4096,
+        spill=spilled.__setitem__,
+        fetch=spilled.get,
+        disk_bytes_per_s=1e9,
+        prefill_tokens_per_s=1.0,
+        arena=kv_shm.Arena(PREFIX, 4096),
+    )
+    try:
+        from aiosd.engine import KvSnapshot
+
+        kv = torch.arange(2 * 2 * 4 * 8, dtype=torch.float32).view(1, 2, 2, 4, 8)  # 4 positions of 8
+        snap = KvSnapshot([1, 2, 3, 4], 3, 4, 5, 0.0, 1.0, None, None, "m", kv.clone())
+        first = store.put(1, snap, {})  # private K/V are moved into the arena, cache-shaped
+        assert store.entries[first].snap.region.shape == (1, 2, 2, 8, 8)
+        a = store.put(1, cx_snap(torch.zeros(4096, dtype=torch.uint8)), {})  # needs the room: first spills
+        assert store.entries[first].where == "storage" and store.entries[first].snap.kv is None
+        back = store.get(first, aid=1).snap  # read back: `a` spills to make room
+        assert store.entries[a].where == "storage" and back.region is not None
+        assert back.region.shape == (1, 2, 2, 8, 8) and torch.equal(back.kv, kv)
+    finally:
+        store.close()
+
+
 def cx_snap(kv: torch.Tensor):
     """A llama.cpp-style snapshot: its K/V are opaque bytes."""
     from aiosd.engine import KvSnapshot
