@@ -186,6 +186,8 @@ class Manager:
         self.sock = self.ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.connect(self.cfg.endpoint("backend"))
+        poller = zmq.Poller()  # one for the life of the loop: Socket.poll builds one per call
+        poller.register(self.sock, zmq.POLLIN)
         self.setup()
         self.send({"hello": self.name, "pid": os.getpid()})
         self.flush_out()
@@ -198,7 +200,7 @@ class Manager:
             timeout = self.tick()
             hb = self.cfg.heartbeat_s
             timeout = hb if timeout is None else min(timeout, hb)
-            if self.sock.poll(int(timeout * 1000)):
+            if poller.poll(int(timeout * 1000)):
                 # drain everything pending before the next tick; EVENTS is asked before each
                 # further frame because ending on zmq.Again costs more than serving a request
                 first = True

@@ -198,6 +198,8 @@ class MemoryManager(Manager):
         self.reply(rid, {"records": [{**found[ids[j]], "score": s} for j, s in ranked]})
 
     def tick(self) -> float | None:
+        if not self.jobs:  # the common case: no search running, and queue.Empty costs microseconds
+            return None
         while True:
             try:
                 rid, mem, k, fresh, q, err = self.done.get_nowait()

@@ -66,7 +66,7 @@ class StorageManager(Manager):
                 self.reply(rid, res)
 
     def tick(self) -> float | None:
-        while True:
+        while self.jobs:  # retrieval jobs only; queue.Empty would cost microseconds every pass
             try:
                 rid, result, err = self.done.get_nowait()
             except queue.Empty:
