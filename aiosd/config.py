@@ -76,7 +76,7 @@ class Config:
     llm_timeout_s: float = 300.0      # one HTTP request, connect to last byte
     llm_remote_workers: int = 8       # requests in flight to the server, all agents together
     llm_remote_per_agent: int = 2     # of them, at most this many of one agent
-    prefix_cache_bytes: int = 256 << 20  # torch engine: K/V of shared prompt prefixes kept (LRU)
+    prefix_cache_bytes: int = 256 << 20  # both engines: K/V of shared prompt prefixes kept (LRU)
 
     # memory and storage managers (issue 6)
     group_commit: bool = True         # one synced LMDB transaction per batch of writes (False: per write)
@@ -90,7 +90,7 @@ class Config:
     max_children: int = 32            # live agents one agent may have spawned (a kernel-side fork cap)
 
     # tool manager (issue 7); per tool: [tools.NAME] url, cpu_s, memory, concurrency, timeout_s
-    tool_workers: int = 2             # warm sandbox workers; each forks one child per call
+    tool_workers: int = 2             # sandbox workers of each kind (warm, light); spares pre-forked
     tool_pool: int = 8                # tool calls running at once, all tools together
     tool_queue: int = 256             # calls waiting for a slot before EBUSY
     tool_timeout_s: float = 30.0      # a call's default wall-clock limit

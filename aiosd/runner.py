@@ -36,7 +36,7 @@ class Runner:
         plan = self.sched.schedule(time.monotonic() if now is None else now)
         if not plan:
             return []
-        reuse = getattr(self.engine, "reuse_prefix", None)  # the torch engine's; llama.cpp does its own
+        reuse = getattr(self.engine, "reuse_prefix", None)  # both engines have it; an engine may not
         on = reuse is not None and getattr(self.engine, "prefix_bytes", 0)
         starts: dict[int, int] = {}
         computing: set = set()
