@@ -69,15 +69,20 @@ def unpack(data: bytes, max_size: int = 1 << 20) -> Any:
     return unpack_refs(data, max_size)[0]
 
 
+def _noting_hook(seen: list[int]):
+    """msgpack's ext hook that also notes each extension seen (a shared-memory reference)."""
+    def hook(code: int, payload: bytes) -> Any:
+        seen.append(code)
+        return _ext_hook(code, payload)
+    return hook
+
+
 def unpack_refs(data: bytes, max_size: int = 1 << 20) -> tuple[Any, bool]:
     """Decode one body; also say whether it holds shared-memory references to resolve."""
     if len(data) > max_size:
         raise AiosError("EPROTO", f"frame of {len(data)} bytes is over the {max_size}-byte limit")
-    seen = []
-
-    def hook(code: int, payload: bytes) -> Any:
-        seen.append(code)
-        return _ext_hook(code, payload)
+    seen: list[int] = []
+    hook = _noting_hook(seen)
 
     try:
         return msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False), bool(seen)
@@ -105,11 +110,8 @@ def unpack_frame(data: bytes, max_size: int = 1 << 20) -> tuple[list[Any], bool]
         return [msg], refs
     if len(data) > max_size:
         raise AiosError("EPROTO", f"frame of {len(data)} bytes is over the {max_size}-byte limit")
-    seen = []
-
-    def hook(code: int, payload: bytes) -> Any:
-        seen.append(code)
-        return _ext_hook(code, payload)
+    seen: list[int] = []
+    hook = _noting_hook(seen)
 
     unpacker = msgpack.Unpacker(ext_hook=hook, raw=False, strict_map_key=False, max_buffer_size=len(data) + 1)
     unpacker.feed(memoryview(data)[1:])
