@@ -12,6 +12,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import itertools
+import gc
 import logging
 import os
 import signal
@@ -116,6 +117,7 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads):
     # ---- the loop -----------------------------------------------------------------------
     def serve(self) -> None:
         self.sup.start_all()
+        gc.freeze()  # start-up objects live as long as the kernel: collections skip them
         while self.running:
             timeout = 50 if (self.audit.records or self.held) else int(self.cfg.heartbeat_s * 1000)
             events = dict(self.poller.poll(timeout))

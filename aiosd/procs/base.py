@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import gc
 import logging
 import os
 import signal
@@ -192,6 +193,9 @@ class Manager:
         self.send({"hello": self.name, "pid": os.getpid()})
         self.flush_out()
         self.setup_background()
+        # what start-up allocated (modules, the model's objects) lives as long as the process:
+        # out of the collector's sight, each collection walks only what calls allocate
+        gc.freeze()
         dead_after = self.cfg.heartbeat_s * self.cfg.heartbeat_liveness * 4
         self._last_rx = time.monotonic()
         while self._running:
