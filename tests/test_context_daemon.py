@@ -6,15 +6,15 @@ from __future__ import annotations
 
 import os
 import signal
-import threading
 import time
 
 import pytest
+import llmutil
 from conftest import Daemon
 from procutil import proc_state, wait_for
 
 from aiosd import kv_shm
-from libaios.client import AiosError, Client
+from libaios.client import AiosError
 
 # Nothing in the snapshot store is timed (snapshots leave memory by the LRU budget, the agent's
 # exit or a worker restart only), so a few seconds stopped shows what a minute would; set
@@ -50,24 +50,7 @@ def chat(cl, content: str, **kw) -> dict:
 
 
 def snapshot_midway(d, aid: int, cl) -> tuple[dict, dict]:
-    """(the snapshot, the reply of the generation it cut short), taken from a second
-    connection of the same agent while the first one's llm_chat is in flight."""
-    twin = Client(d.home)
-    twin.syscall("set_aid", {"aid": aid})
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.update(r=chat(cl, COUNT)))
-    t.start()
-    snap = None
-    while snap is None and t.is_alive():
-        try:
-            snap = twin.syscall("gen_snapshot", {}, timeout=60)
-        except AiosError as e:
-            assert e.code == "ENOENT"  # not submitted yet
-    t.join()
-    twin.close()
-    if snap is None:
-        pytest.skip("the generation finished before it could be snapshotted")
-    return snap, box["r"]
+    return llmutil.snapshot_midway(d.home, aid, lambda: chat(cl, COUNT))
 
 
 def test_summarize_with_the_real_model_says_so(d):

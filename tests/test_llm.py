@@ -6,6 +6,7 @@ import json
 import threading
 
 import pytest
+from llmutil import snapshot_midway
 
 from libaios.client import AiosError
 
@@ -100,25 +101,11 @@ def test_solo_equals_16_concurrent_under_every_policy(make_daemon, engine):
 
 
 def test_gen_snapshot_and_restore_through_the_daemon(daemon):
-    from libaios.client import Client
     aid, cl = daemon.agent("snapper")
-    twin = Client(daemon.home)
-    twin.syscall("set_aid", {"aid": aid})   # a second connection of the same agent
     whole = chat(cl, "Count from one to twenty in words.", max_tokens=24)
-    box: dict = {}
-    t = threading.Thread(target=lambda: box.update(r=chat(cl, "Count from one to twenty in words.",
-                                                          max_tokens=24)))
-    t.start()
-    snap = None
-    while snap is None and t.is_alive():
-        try:
-            snap = twin.syscall("gen_snapshot", {}, timeout=60)
-        except AiosError as e:
-            assert e.code == "ENOENT"       # not submitted yet
-    t.join()
-    if snap is None:
-        pytest.skip("the generation finished before it could be snapshotted")
-    assert box["r"]["finish_reason"] == "snapshot" and whole["text"].startswith(box["r"]["text"])
+    snap, cut = snapshot_midway(daemon.home, aid, lambda: chat(cl, "Count from one to twenty in words.",
+                                                                max_tokens=24))
+    assert cut["finish_reason"] == "snapshot" and whole["text"].startswith(cut["text"])
     _, other = daemon.agent("intruder")
     with pytest.raises(AiosError) as e:
         other.syscall("gen_restore", {"snapshot": snap["snapshot"]}, timeout=60)
@@ -128,7 +115,6 @@ def test_gen_snapshot_and_restore_through_the_daemon(daemon):
     assert e.value.code == "ENOENT"
     resumed = cl.syscall("gen_restore", {"snapshot": snap["snapshot"]}, timeout=300)
     assert resumed["text"] == whole["text"]
-    twin.close()
 
 
 def test_context_kept_truncated_and_cleared(daemon):
