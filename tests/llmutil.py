@@ -34,3 +34,24 @@ def snapshot_midway(home: Path, aid: int, start: Callable[[], dict]) -> tuple[di
     if snap is None:
         pytest.skip("the generation finished before it could be snapshotted")
     return snap, box["r"]
+
+
+def concurrent_texts(home: Path, prompts: list[str], max_tokens: int) -> dict[int, str]:
+    """The greedy text of each prompt, all sent at once, each from its own connection (as that
+    many agents would): {index: text}."""
+    out: dict[int, str] = {}
+
+    def one(i: int) -> None:
+        c = Client(home)
+        try:
+            out[i] = c.syscall("llm_chat", {"messages": [{"role": "user", "content": prompts[i]}],
+                                            "max_tokens": max_tokens}, timeout=300)["text"]
+        finally:
+            c.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return out

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import threading
 
 import pytest
-from llmutil import snapshot_midway
+from llmutil import concurrent_texts, snapshot_midway
 
 from libaios.client import AiosError
 
@@ -75,19 +74,6 @@ def test_usage_is_charged_to_the_agent(daemon):
 PROMPTS = [f"Give me one short fact about the number {i}." for i in range(16)]
 
 
-def _concurrent(d, prompts, max_tokens):
-    out: dict[int, str] = {}
-
-    def one(i):
-        out[i] = chat(d.root, prompts[i], max_tokens=max_tokens)["text"]
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(prompts))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("engine", ["transformers", "auto"])
 def test_solo_equals_16_concurrent_under_every_policy(make_daemon, engine):
@@ -97,7 +83,7 @@ def test_solo_equals_16_concurrent_under_every_policy(make_daemon, engine):
     solo = {i: chat(d.root, PROMPTS[i], max_tokens=n)["text"] for i in range(len(PROMPTS))}
     for policy in ("fifo", "rr", "priority"):
         d.root.syscall("sys_set", {"settings": {"scheduler": policy, "quantum": 4}})
-        assert _concurrent(d, PROMPTS, n) == solo, policy
+        assert concurrent_texts(d.home, PROMPTS, n) == solo, policy
 
 
 def test_gen_snapshot_and_restore_through_the_daemon(daemon):

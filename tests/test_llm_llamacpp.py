@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 
 import pytest
+from llmutil import concurrent_texts
 
 pytest.importorskip("llama_cpp")
 
@@ -16,24 +17,6 @@ def chat(client, content: str, max_tokens: int = 12, **kw):
                                        "max_tokens": max_tokens, **kw}, timeout=300)
 
 
-def concurrent(d, max_tokens: int) -> dict[int, str]:
-    out: dict[int, str] = {}
-
-    def one(i: int) -> None:
-        from libaios.client import Client
-        c = Client(d.home)  # a connection per thread, as 16 agents would have
-        try:
-            out[i] = chat(c, PROMPTS[i], max_tokens)["text"]
-        finally:
-            c.close()
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(PROMPTS))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return out
-
-
 @pytest.mark.slow
 def test_llamacpp_solo_equals_16_concurrent_fifo_and_rr_and_no_prefix_reuse(make_daemon):
     # max_batch 4: four llama.cpp sequence ids for 16 requests, so rr preemption swaps states to the host
@@ -43,7 +26,7 @@ def test_llamacpp_solo_equals_16_concurrent_fifo_and_rr_and_no_prefix_reuse(make
     assert len(set(solo.values())) > 8
     for policy in ("fifo", "rr"):
         d.root.syscall("sys_set", {"settings": {"scheduler": policy, "quantum": 4}})
-        assert concurrent(d, n) == solo, policy
+        assert concurrent_texts(d.home, PROMPTS, n) == solo, policy
     # those ran with prompt-prefix reuse (the default): without it, the same text
     off = make_daemon(engine="llamacpp", prefix_cache=False, max_batch=4, torch_threads=1)
     assert {i: chat(off.root, PROMPTS[i], n)["text"] for i in range(0, len(PROMPTS), 3)} == \
