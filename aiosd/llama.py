@@ -142,14 +142,14 @@ class Linear:
     elsewhere a plain matmul over a transposed view (no copy)."""
 
     def __init__(self, w: torch.Tensor):
-        self.out_features, self.in_features = w.shape
+        self.in_features = w.shape[1]
         self.dtype, self.device = w.dtype, w.device
         self.packed = None
         if w.device.type == "cpu" and w.dtype == torch.float32 and torch.backends.mkldnn.is_available():
             try:
                 self.packed = torch.ops.mkldnn._reorder_linear_weight(w.contiguous(), None)
             except (RuntimeError, AttributeError):  # a torch build without the op: plain matmul
-                self.packed = None
+                pass
         self.wt = None if self.packed is not None else w.t()
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
