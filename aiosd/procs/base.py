@@ -202,6 +202,7 @@ class Manager:
             while self._stash:
                 self._handle(self._stash.pop(0))
             timeout = self.tick()
+            self.flush_out()  # answers tick() gave (a committed batch) must not wait for the poll
             hb = self.cfg.heartbeat_s
             timeout = hb if timeout is None else min(timeout, hb)
             if poller.poll(int(timeout * 1000)):
