@@ -20,6 +20,7 @@ from aiosd import protocol
 from libaios.errors import AiosError, Unavailable, error_for
 
 SHM_THRESHOLD = 64 * 1024
+RCVTIMEO = int(zmq.RCVTIMEO)
 DEFAULT_TIMEOUT = 900.0
 
 
@@ -55,6 +56,7 @@ class Client:
         self._local = threading.local()
         self._ids = itertools.count(1)
         self._socks: list[zmq.Socket] = []
+        self._timeouts: dict[zmq.Socket, int] = {}  # each socket's RCVTIMEO as last set
         self._lock = threading.Lock()
 
     def _sock(self) -> zmq.Socket:
@@ -83,13 +85,20 @@ class Client:
         return sock, rid
 
     def _recv(self, sock: zmq.Socket, rid: int, timeout: float | None) -> dict:
-        ms = -1 if timeout is None else int(timeout * 1000)
+        # A blocking receive under RCVTIMEO, not poll-then-receive: Socket.poll builds a
+        # Poller per call and costs a second wait; together ~50 us of an agent's ~100 us call.
+        ms = -1 if timeout is None else max(int(timeout * 1000), 0)
+        if self._timeouts.get(sock) != ms:
+            sock.setsockopt(RCVTIMEO, ms)
+            self._timeouts[sock] = ms
         while True:
-            if not sock.poll(ms):
+            try:
+                raw = sock.recv()
+            except zmq.Again:
                 if not (self.home / "run" / "kernel.sock").exists():
-                    raise Unavailable("EUNAVAIL", f"aiosd is not running on {self.home}")
-                raise error_for("ETIMEDOUT", f"no answer from aiosd within {timeout:g} s")
-            msg, refs = protocol.unpack_refs(sock.recv(), 1 << 31)
+                    raise Unavailable("EUNAVAIL", f"aiosd is not running on {self.home}") from None
+                raise error_for("ETIMEDOUT", f"no answer from aiosd within {timeout:g} s") from None
+            msg, refs = protocol.unpack_refs(raw, 1 << 31)
             if isinstance(msg, dict) and msg.get("id") in (rid, None):
                 if not refs:
                     msg["_plain"] = True
@@ -132,6 +141,7 @@ class Client:
             for s in self._socks:
                 s.close(0)
             self._socks.clear()
+            self._timeouts.clear()
         self._local = threading.local()
 
 

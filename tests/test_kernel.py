@@ -209,3 +209,20 @@ def test_acting_connection_does_not_become_root_when_its_agent_exits(make_daemon
         client.syscall("get_aid", timeout=5)
     with pytest.raises(PermissionDenied):
         client.syscall("list_agents", timeout=5)
+
+
+def test_client_timeout_then_next_call_gets_its_own_answer_and_a_gone_daemon_is_eunavail(make_daemon):
+    import libaios
+    d = make_daemon(**NO_MANAGERS)
+    aid, _ = d.agent("sleeper")
+    root = Client(d.home)
+    with pytest.raises(libaios.TimedOut, match="within 0.3 s"):
+        root.syscall("wait_agent", {"aid": aid, "timeout": 2}, timeout=0.3)
+    # the late answer of the timed-out call must not be taken for this one's
+    assert root.syscall("get_status", {"aid": aid}, timeout=10)["aid"] == aid
+    with pytest.raises(libaios.TimedOut):  # wait_agent answers ETIMEDOUT itself after 0.2 s
+        root.syscall("wait_agent", {"aid": aid, "timeout": 0.2}, timeout=None)
+    d.run_cli("aiosd", "stop", timeout=60)
+    with pytest.raises(libaios.Unavailable, match="not running"):
+        root.syscall("get_status", {"aid": aid}, timeout=0.5)
+    root.close()
