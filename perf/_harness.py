@@ -97,6 +97,35 @@ class Daemon:
             time.sleep(0.2)
         raise RuntimeError(f"daemon in {self.home} not ready after {timeout:.0f}s: {last}\n" + self.log_tail())
 
+    def cpu_by_process(self) -> dict[str, float]:
+        """CPU seconds (user + system) so far of the kernel and each manager, by name."""
+        pids = {"kernel": self.kernel_pid()}
+        for m in self.client().syscall("sys_status", timeout=10.0).get("managers", []):
+            pids[m["name"]] = m.get("pid")
+        out = {}
+        for name, pid in pids.items():
+            try:
+                with open(f"/proc/{pid}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+                out[name] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            except (OSError, IndexError, ValueError):
+                pass
+        return out
+
+    def wait_idle(self, busy_below: float = 0.05, window_s: float = 0.5, timeout: float = 120.0) -> None:
+        """Until the daemon's processes use under `busy_below` of a core over `window_s`: work
+        started in the background (the memory manager loads its embedding model after it
+        answers) must not be measured as part of the first figure."""
+        deadline = time.monotonic() + timeout
+        before = self.cpu_by_process()
+        while time.monotonic() < deadline:
+            time.sleep(window_s)
+            after = self.cpu_by_process()
+            busy = sum(max(0.0, after[k] - before.get(k, 0.0)) for k in after)
+            if busy < busy_below * window_s:
+                return
+            before = after
+
     def stop(self) -> None:
         if self._client is not None:
             try:

@@ -29,23 +29,27 @@ if mode == "read":
         libaios.syscall("sto_write", {"path": f"r/{i}", "data": data})
 while time.time() < start_at:
     time.sleep(0.001)
-t0 = time.perf_counter()
+c0, t0 = time.process_time(), time.perf_counter()
 for i in range(n):
     if mode == "write":
         libaios.syscall("sto_write", {"path": f"w/{i % 256}", "data": data})
     else:
         assert libaios.syscall("sto_read", {"path": f"r/{i % 64}"})["data"] == data
-print("RESULT", n, time.perf_counter() - t0, flush=True)
+print("RESULT", n, time.perf_counter() - t0, time.process_time() - c0, flush=True)
 """
 
 
-def run_agents(d: Daemon, mode: str, per_agent: int, lead_s: float = 3.0) -> float:
-    """Spawn WRITERS agent processes that start together; returns operations per second."""
+def run_agents(d: Daemon, mode: str, per_agent: int, lead_s: float = 3.0) -> tuple[float, dict]:
+    """Spawn WRITERS agent processes that start together; returns operations per second and
+    the CPU microseconds per operation of each process (agents: inside their timed loop)."""
     root = d.client()
     start_at = time.time() + lead_s
     aids = [root.syscall("spawn_agent", {"argv": [sys.executable, "-c", WORKER, mode, str(per_agent), str(start_at)],
                                          "name": f"{mode}{i}"})["aid"] for i in range(WRITERS)]
-    spans = []
+    while time.time() < start_at - 0.2:
+        time.sleep(0.05)
+    cpu0 = d.cpu_by_process()
+    spans, agent_cpu = [], 0.0
     for aid in aids:
         root.syscall("wait_agent", {"aid": aid, "timeout": 600}, timeout=620)
         text = (d.home / "logs" / f"agent-{aid}.log").read_text()
@@ -53,7 +57,12 @@ def run_agents(d: Daemon, mode: str, per_agent: int, lead_s: float = 3.0) -> flo
         if not lines:
             raise RuntimeError(f"agent {aid} did not finish:\n{text[-2000:]}")
         spans.append(float(lines[0].split()[2]))
-    return WRITERS * per_agent / max(spans)
+        agent_cpu += float(lines[0].split()[3])
+    cpu1 = d.cpu_by_process()
+    ops = WRITERS * per_agent
+    us = {name: (cpu1[name] - cpu0.get(name, 0.0)) / ops * 1e6 for name in cpu1}
+    us["agent"] = agent_cpu / ops * 1e6
+    return ops / max(spans), {k: round(v, 1) for k, v in us.items() if v >= 1.0}
 
 
 def mem_read_latency(d: Daemon, n: int) -> list[float]:
@@ -85,15 +94,18 @@ def main() -> None:
     baseline_writes = 60 if args.quick else 150
     reads = 500 if args.quick else 3000
     with Daemon(managers=managers, syscall_rate=1e9, group_commit=True) as d:
-        writes_per_s = run_agents(d, "write", writes)
-        reads_per_s = run_agents(d, "read", reads)
+        d.wait_idle()
+        writes_per_s, write_cpu = run_agents(d, "write", writes)
+        reads_per_s, read_cpu = run_agents(d, "read", reads)
         lat, kernel_only = mem_read_latency(d, 2000 if args.quick else 20000)
     with Daemon(managers=managers, syscall_rate=1e9, group_commit=False) as d:
-        per_write_sync = run_agents(d, "write", baseline_writes)
+        d.wait_idle()
+        per_write_sync, _ = run_agents(d, "write", baseline_writes)
     res = {"writers": WRITERS, "writes_per_s": writes_per_s, "per_write_sync_writes_per_s": per_write_sync,
            "reads_per_s": reads_per_s, "mem_read_p50_s": percentile(lat, 50),
            "mem_read_p99_s": percentile(lat, 99),
            "get_status_p50_s": percentile(kernel_only, 50), "group_commit_speedup": writes_per_s / per_write_sync,
+           "cpu_us_per_write": write_cpu, "cpu_us_per_read": read_cpu,
            "writes_per_agent": writes, "quick": args.quick}
     write_json("storage", res)
     print(markdown_table(["figure", "measured", "target"], [
@@ -105,6 +117,11 @@ def main() -> None:
         ["mem_read 1 KiB p99", f"{res['mem_read_p99_s'] * 1e6:.0f} us", ""],
         ["get_status p50 (kernel only, same run)", f"{res['get_status_p50_s'] * 1e6:.0f} us", "baseline"],
     ]))
+    print()
+    names = sorted(set(write_cpu) | set(read_cpu), key=lambda n: -write_cpu.get(n, 0.0))
+    print(markdown_table(["CPU us per operation", *names], [
+        ["sto_write", *[f"{write_cpu.get(n, 0.0):.0f}" for n in names]],
+        ["sto_read", *[f"{read_cpu.get(n, 0.0):.0f}" for n in names]]]))
     plot_bars("storage", ["sto_write (durable)", "sto_read"], {
         "group commit": [writes_per_s, reads_per_s],
         "per-write sync": [per_write_sync, 0.0]},
