@@ -345,35 +345,3 @@ class StorageDB(StorageReader):
                     break
         out.reverse()
         return out
-
-
-class GroupCommitWriter:
-    """Queues write ops as they arrive and commits them together: one transaction and one
-    sync per `flush`, then every waiter gets its answer. With `group=False` each op gets
-    its own synced transaction (the baseline the benchmark compares against)."""
-
-    def __init__(self, db: StorageDB, group: bool = True, max_batch: int = 1024):
-        self.db = db
-        self.group = group
-        self.max_batch = max(1, max_batch)
-        self.queue: list[tuple[Any, Callable]] = []
-        self.batches = 0
-        self.ops = 0
-
-    def submit(self, token: Any, op: Callable) -> None:
-        self.queue.append((token, op))
-
-    def __len__(self) -> int:
-        return len(self.queue)
-
-    def flush(self) -> list[tuple[Any, Any]]:
-        """Commit what is queued; returns (token, result or AiosError) in arrival order."""
-        done: list[tuple[Any, Any]] = []
-        while self.queue:
-            n = self.max_batch if self.group else 1
-            batch, self.queue = self.queue[:n], self.queue[n:]
-            results = self.db.run_batch([op for _, op in batch])
-            self.batches += 1
-            self.ops += len(batch)
-            done += [(tok, res) for (tok, _), res in zip(batch, results, strict=True)]
-        return done

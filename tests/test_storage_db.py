@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import select
+import threading
+
 import pytest
 
 from aiosd.errors import AiosError
-from aiosd.storage_db import GroupCommitWriter, StorageDB, check_path
+from aiosd.group_commit import GroupCommitWriter
+from aiosd.storage_db import StorageDB, check_path
 
 
 @pytest.fixture
@@ -99,6 +103,50 @@ def test_group_commit_one_transaction_per_flush(db):
     assert isinstance(done[-1][1], AiosError) and done[-1][1].code == "ENOSPC"
     assert db.read("ns3", "f7")["data"] == b"d7"
     assert db.list("small") == []
+
+
+def test_writes_arriving_during_a_commit_form_the_next_batch(db):
+    """The committer thread works while the caller keeps queueing: what arrives meanwhile is
+    one further transaction, answered in arrival order once its sync is done."""
+    w = GroupCommitWriter(db, group=True)
+    entered, release = threading.Event(), threading.Event()
+
+    def slow(txn):  # stands for a commit whose sync takes a while
+        entered.set()
+        assert release.wait(10)
+        return "first"
+
+    before = db.commits
+    w.submit("slow", slow)
+    assert w.collect() == []  # starts the batch, answers nothing yet
+    assert entered.wait(10)
+    for i in range(10):
+        w.submit(i, db.write_op("a", f"f{i}", b"x%d" % i))
+    assert w.collect() == [] and len(w) == 11  # still committing: nothing answered, nothing lost
+    release.set()
+    assert select.select([w.wake_fd], [], [], 10)[0], "a finished batch must wake the loop"
+    assert not w.idle, "answers not yet collected: the loop must still collect them"
+    done = w.collect()  # the first batch's answer; the ten start as one batch
+    assert done == [("slow", "first")]
+    done += w.flush()
+    assert [t for t, _ in done] == ["slow", *range(10)]
+    assert db.commits == before + 2
+    assert db.read("a", "f9")["data"] == b"x9"
+    w.close()
+
+
+def test_a_failing_commit_reaches_the_caller(db):
+    w = GroupCommitWriter(db, group=True)
+
+    def broken(txn):
+        raise OSError("disk on fire")
+
+    w.submit("x", broken)
+    with pytest.raises(OSError, match="disk on fire"):
+        w.flush()
+    w.submit("y", db.write_op("a", "ok", b"1"))  # the writer still works afterwards
+    assert [t for t, _ in w.flush()] == ["y"]
+    w.close()
 
 
 def test_per_write_mode_commits_each(db):

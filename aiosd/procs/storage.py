@@ -2,7 +2,8 @@
 
 Every mutating call is queued (DEFERRED) and answered from `tick()` after the batch it
 belongs to is committed and synced: writes that arrive together share one transaction
-and one sync (group commit), and no write is acknowledged before it is durable.
+and one sync (group commit, aiosd/group_commit.py, on a committer thread so that the loop
+keeps receiving while the disk syncs), and no write is acknowledged before it is durable.
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from aiosd import protocol
 from aiosd.embed import Embedder, top_k
 from aiosd.errors import AiosError
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
-from aiosd.storage_db import GroupCommitWriter, StorageDB, check_ns, fkey, vkey
+from aiosd.group_commit import GroupCommitWriter
+from aiosd.storage_db import StorageDB, check_ns, fkey, vkey
 
 import numpy as np
 
@@ -38,6 +40,7 @@ class StorageManager(Manager):
                             versions_kept=cfg.versions_kept, default_quota=cfg.storage_quota,
                             sync=cfg.storage_sync)
         self.writer = GroupCommitWriter(self.db, group=cfg.group_commit, max_batch=cfg.storage_max_batch)
+        self.wake_fds = [self.writer.wake_fd]
         self.embedder = Embedder(threads=1)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="retrieve")
         self.done: queue.Queue = queue.Queue()   # (req id, result, error) from retrieval jobs
@@ -59,7 +62,11 @@ class StorageManager(Manager):
         return DEFERRED
 
     def flush(self) -> None:
-        for rid, res in self.writer.flush():
+        """Commit everything queued now and answer it (before a call that must see it)."""
+        self.answer(self.writer.flush())
+
+    def answer(self, done: list) -> None:
+        for rid, res in done:
             if isinstance(res, AiosError):
                 self.fail(rid, res.code, res.message)
             elif rid is not None:
@@ -79,8 +86,8 @@ class StorageManager(Manager):
                 self.fail(rid, err.code, err.message)
             else:
                 self.reply(rid, result)
-        if self.writer.queue:
-            self.flush()
+        if not self.writer.idle:
+            self.answer(self.writer.collect())  # also starts the next batch
         if self.jobs and os.getppid() == self.kernel_pid:
             # the kernel pings only managers it has not heard from, and our short ticks keep
             # our own heartbeats too regular for that; while a job runs, a live parent (the
@@ -114,8 +121,8 @@ class StorageManager(Manager):
                         self.dispatch(msg)
                     else:
                         self._stash.append(msg)
-            if self.writer.queue:
-                self.flush()
+            if not self.writer.idle:
+                self.answer(self.writer.collect())
             self.flush_out()
             if answer is not None:
                 if answer["ok"]:
@@ -129,6 +136,7 @@ class StorageManager(Manager):
 
     def shutdown(self) -> None:
         self.flush()
+        self.writer.close()
         w = self.writer
         logging.getLogger("aiosd").info("storage: %d ops in %d synced batches (%.1f per batch)",
                                         w.ops, w.batches, w.ops / max(w.batches, 1))
@@ -272,7 +280,7 @@ class StorageManager(Manager):
         return self.queue_op(req, self.db.raw_put_op(req.args["db"], bytes(req.args["key"]), req.args.get("value")))
 
     def handle_sto_get(self, req: Request) -> Any:
-        if self.writer.queue:
+        if not self.writer.idle:
             self.flush()  # a put still queued must be visible to the get that follows it
         db, key = req.args["db"], bytes(req.args["key"])
         value = self.db.raw_get(db, key)
