@@ -298,6 +298,8 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads):
             for _, mgr, msg in expired:
                 self.fail_pending(msg, "EIO", f"manager {mgr.decode()} did not come back in time")
         self.expire_waiters(now)
+        if self.mem_touches:
+            self.flush_mem_touches()
         if self.audit.due():
             self.flush_audit()
 

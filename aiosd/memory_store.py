@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,6 +49,9 @@ class AgentMemory:
     on_disk: set[int] = field(default_factory=set)         # ids with a copy in storage
     used: int = 0                           # bytes of resident records
     next_id: int = 1
+    # told (aid, key, record or None) whenever a keyed record becomes resident or stops being:
+    # the memory manager mirrors those for the kernel (aiosd/memory_mirror.py)
+    watch: Callable[[int, str, dict | None], None] | None = field(default=None, repr=False, compare=False)
 
     # ---- writes -------------------------------------------------------------------------
     def write(self, content: Any, role: str = "user", key: str | None = None,
@@ -73,15 +77,24 @@ class AgentMemory:
         return rid, evicted
 
     def _admit(self, rec: dict, size: int) -> None:
-        self.resident[rec["id"]] = rec
+        self._make_resident(rec)
         self.sizes[rec["id"]] = size
         self.used += size
 
+    def _make_resident(self, rec: dict, oldest: bool = False) -> None:
+        self.resident[rec["id"]] = rec
+        if oldest:
+            self.resident.move_to_end(rec["id"], last=False)
+        if self.watch is not None and rec.get("key"):
+            self.watch(self.aid, rec["key"], rec)
+
     def _forget(self, rid: int) -> None:
         """Drop the resident copy (if any) without dropping the id."""
-        if rid in self.resident:
-            del self.resident[rid]
+        rec = self.resident.pop(rid, None)
+        if rec is not None:
             self.used -= self.sizes[rid]
+            if self.watch is not None and rec.get("key"):
+                self.watch(self.aid, rec["key"], None)
 
     def _make_room(self, need: int, protect: set[int] = frozenset()) -> list[dict]:
         if self.used + need <= self.quota:
@@ -103,8 +116,7 @@ class AgentMemory:
         if self.used + need > self.quota:
             # put back what we took out: nothing changes when the write fails
             for rec in reversed(evicted):
-                self.resident[rec["id"]] = rec
-                self.resident.move_to_end(rec["id"], last=False)
+                self._make_resident(rec, oldest=True)
                 self.used += self.sizes[rec["id"]]
             raise AiosError("ENOMEM", f"agent {self.aid}'s memory quota of {self.quota} bytes is held "
                                       "by records being read")
@@ -151,7 +163,7 @@ class AgentMemory:
                 evicted += self._make_room(self.sizes[rid], protect=protect | {rid})
             except AiosError:
                 continue  # stays in storage; the caller still returns it
-            self.resident[rid] = rec
+            self._make_resident(rec)
             self.used += self.sizes[rid]
             admitted.append(rec)
         return admitted, evicted
@@ -184,8 +196,7 @@ class AgentMemory:
         """Take back records whose swap-out failed, over quota rather than lost."""
         for rec in records:
             if rec["id"] in self.sizes and rec["id"] not in self.resident:
-                self.resident[rec["id"]] = rec
-                self.resident.move_to_end(rec["id"], last=False)
+                self._make_resident(rec, oldest=True)
                 self.used += self.sizes[rec["id"]]
 
     def swapped_out(self) -> list[int]:
@@ -219,6 +230,12 @@ class AgentMemory:
             self._admit(rec, size)
         return evicted
 
+    def touch(self, key: str) -> None:
+        """A read of `key` served elsewhere (the kernel's mirror): most recently used now."""
+        rid = self.keys.get(key)
+        if rid is not None and rid in self.resident:
+            self.resident.move_to_end(rid)
+
     def stats(self) -> dict:
         return {"aid": self.aid, "records": len(self.ids), "resident": len(self.resident),
                 "used": self.used, "quota": self.quota, "policy": self.policy}
@@ -227,20 +244,27 @@ class AgentMemory:
 class MemoryStore:
     """Every agent's memory, created on first use with the configured defaults."""
 
-    def __init__(self, default_quota: int, default_policy: str = "evict"):
+    def __init__(self, default_quota: int, default_policy: str = "evict",
+                 watch: Callable[[int, str, dict | None], None] | None = None):
         self.default_quota = default_quota
         self.default_policy = default_policy
+        self.watch = watch
         self.agents: dict[int, AgentMemory] = {}
 
     def get(self, aid: int, quota: int | None = None) -> AgentMemory:
         mem = self.agents.get(aid)
         if mem is None:
             q = quota if quota else self.default_quota
-            mem = self.agents[aid] = AgentMemory(aid, q, self.default_policy)
+            mem = self.agents[aid] = AgentMemory(aid, q, self.default_policy, watch=self.watch)
         return mem
 
     def peek(self, aid: int) -> AgentMemory | None:
         return self.agents.get(aid)
 
     def release(self, aid: int) -> AgentMemory | None:
-        return self.agents.pop(aid, None)
+        mem = self.agents.pop(aid, None)
+        if mem is not None and mem.watch is not None:
+            for rec in mem.resident.values():
+                if rec.get("key"):
+                    mem.watch(aid, rec["key"], None)
+        return mem

@@ -19,6 +19,7 @@ import numpy as np
 from aiosd import protocol
 from aiosd.embed import Embedder, top_k
 from aiosd.errors import AiosError
+from aiosd.memory_mirror import MemoryMirror
 from aiosd.memory_store import AgentMemory, MemoryStore, swap_key
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
 
@@ -36,7 +37,8 @@ class MemoryManager(Manager):
     batch_replies = True
 
     def setup(self) -> None:
-        self.store = MemoryStore(self.cfg.memory_quota, self.cfg.memory_policy)
+        self.mirror = MemoryMirror(self.cfg.run_dir / "memory.lmdb")
+        self.store = MemoryStore(self.cfg.memory_quota, self.cfg.memory_policy, watch=self.mirror.changed)
         self.embedder = Embedder(threads=1)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="embed")
         self.done: queue.Queue = queue.Queue()
@@ -231,7 +233,17 @@ class MemoryManager(Manager):
         self.swap_out(mem, mem.load([r for r in req.args["records"] if isinstance(r, dict) and "id" in r]))
         return {"records": len(mem.ids)}
 
+    def flush_out(self) -> None:
+        self.mirror.commit()  # what the kernel may read must be there before any answer leaves
+        super().flush_out()
+
     def on_event(self, event: dict) -> None:
+        if event.get("event") == "mem_touch":  # reads the kernel answered from the mirror
+            for aid, key in event.get("touches") or ():
+                mem = self.store.peek(aid) if isinstance(aid, int) else None
+                if mem is not None and isinstance(key, str):
+                    mem.touch(key)
+            return
         if event.get("event") != "agent_exit":
             return
         mem = self.store.peek(int(event.get("aid", -1)))
@@ -247,6 +259,8 @@ class MemoryManager(Manager):
 
     def shutdown(self) -> None:
         self.pool.shutdown(wait=False, cancel_futures=True)
+        self.mirror.commit()
+        self.mirror.close()
 
 
 if __name__ == "__main__":
