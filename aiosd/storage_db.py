@@ -184,6 +184,12 @@ class StorageDB(StorageReader):
             txn = self.env.begin(write=True)
             try:
                 for op in ops:
+                    if getattr(op, "fails_before_writing", False):
+                        try:  # its errors come before its first change: no nested transaction needed
+                            results.append(op(txn))
+                        except AiosError as exc:
+                            results.append(exc)
+                        continue
                     child = self.env.begin(write=True, parent=txn)
                     try:
                         results.append(op(child))
@@ -226,8 +232,10 @@ class StorageDB(StorageReader):
         return op
 
     def _charge(self, txn, ns: str, delta: int, quota: int | None = None) -> None:
-        q = self.quota(txn, ns)
-        if quota is not None and not txn.get(ns.encode(), db=self.db["quotas"]):
+        """Raises ENOSPC before it changes anything."""
+        raw = txn.get(ns.encode(), db=self.db["quotas"])
+        q = protocol.unpack(raw, 1 << 20) if raw else {"quota": self.default_quota, "used": 0}
+        if quota is not None and not raw:
             q["quota"] = quota  # the agent's spawn-time quota, on its namespace's first write
         if delta > 0 and q["used"] + delta > q["quota"]:
             raise AiosError("ENOSPC", f"namespace '{ns}' would hold {q['used'] + delta} bytes, "
@@ -257,6 +265,7 @@ class StorageDB(StorageReader):
             meta = {"v": version, "kept": kept, "sizes": sizes, "size": sum(sizes), "t": time.time()}
             txn.put(fkey(ns, path), protocol.pack(meta), db=self.db["files"])
             return {"version": version, "size": len(blob)}
+        op.fails_before_writing = True  # ENOSPC from _charge comes before the first put or delete
         return op
 
     def delete_op(self, ns: str, path: str) -> Callable:
