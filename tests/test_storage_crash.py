@@ -25,6 +25,14 @@ def payload(writer: int, n: int) -> bytes:
 
 def writer_loop(client, aid: int, w: int, stop: threading.Event, acked: list, errors: list,
                 retried: list) -> None:
+    try:
+        write_until_stopped(client, aid, w, stop, acked, errors, retried)
+    except BaseException as exc:  # noqa: BLE001 - a dead writer must fail the test by name, not by silence
+        errors.append(exc)
+
+
+def write_until_stopped(client, aid: int, w: int, stop: threading.Event, acked: list, errors: list,
+                        retried: list) -> None:
     # libaios keeps one connection per thread and set_aid is per connection: act as the
     # agent on this thread's connection too
     client.syscall("set_aid", {"aid": aid})
