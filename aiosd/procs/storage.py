@@ -65,6 +65,18 @@ class StorageManager(Manager):
         """Commit everything queued now and answer it (before a call that must see it)."""
         self.answer(self.writer.flush())
 
+    def commit_now(self, ops: list) -> list:
+        """Commit `ops` through the committer thread (so every write goes through one place) and
+        wait; returns their results or AiosErrors, answering whatever else was queued."""
+        tokens = [object() for _ in ops]
+        for tok, op in zip(tokens, ops, strict=True):
+            self.writer.submit(tok, op)
+        mine = {id(t) for t in tokens}
+        done = self.writer.flush()
+        self.answer([(rid, res) for rid, res in done if id(rid) not in mine])
+        results = {id(rid): res for rid, res in done if id(rid) in mine}
+        return [results[id(t)] for t in tokens]
+
     def answer(self, done: list) -> None:
         for rid, res in done:
             if isinstance(res, AiosError):
@@ -225,7 +237,9 @@ class StorageManager(Manager):
         snap = {"id": sid, "label": req.args.get("label") or "", "time": time.time(), "aid": req.aid,
                 "memory": memory, "context": context, "files": files}
         key = ns.encode() + b"\0" + sid.encode()
-        self.db.write_now(self.db.raw_put_op("agent_snaps", key, snap))
+        for res in self.commit_now([self.db.raw_put_op("agent_snaps", key, snap)]):
+            if isinstance(res, AiosError):
+                raise res
         return {"snapshot": sid, "records": len(memory), "files": len(files), "context": context is not None}
 
     def handle_snapshot_restore(self, req: Request) -> Any:
@@ -240,7 +254,7 @@ class StorageManager(Manager):
                 same = False
             if not same:  # rollback is a new version, so the rolled-over one stays readable
                 ops.append(self.db.write_op(ns, path, data))
-        for res in self.db.run_batch(ops):
+        for res in self.commit_now(ops):
             if isinstance(res, AiosError):
                 raise res
         self.call("_mem_load", {"aid": req.aid, "records": snap["memory"]})
@@ -285,7 +299,7 @@ class StorageManager(Manager):
         db, key = req.args["db"], bytes(req.args["key"])
         value = self.db.raw_get(db, key)
         if req.args.get("delete"):
-            self.db.write_now(self.db.raw_put_op(db, key, None))
+            self.commit_now([self.db.raw_put_op(db, key, None)])
         return value  # the stored value itself; a missing key is ENOENT
 
 
