@@ -7,17 +7,10 @@ import sys
 import time
 
 import lmdb
-import pytest
 
 from aiosd import protocol
 
-from libaios import AiosError
-
-
-def code_of(fn, *a, **kw) -> str:
-    with pytest.raises(AiosError) as e:
-        fn(*a, **kw)
-    return e.value.code
+from errutil import code_of
 
 
 def test_write_read_by_key_range_last(daemon):

@@ -5,13 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from libaios import AiosError
-
-
-def code_of(fn, *a, **kw) -> str:
-    with pytest.raises(AiosError) as e:
-        fn(*a, **kw)
-    return e.value.code
+from errutil import code_of
 
 
 def test_write_read_versions_and_rollback(daemon):

@@ -14,13 +14,7 @@ import pytest
 from aiosd import protocol
 from aiosd.errors import AiosError as WireError
 from aiosd.kernel_reads import MAX_LOCAL_READ
-from libaios import AiosError
-
-
-def code_of(fn, *a, **kw) -> str:
-    with pytest.raises(AiosError) as e:
-        fn(*a, **kw)
-    return e.value.code
+from errutil import code_of
 
 
 def test_reads_answered_while_storage_is_stopped(daemon):
