@@ -218,8 +218,12 @@ class StorageDB(StorageReader):
 
     # ---- quotas -------------------------------------------------------------------------
     def quota(self, txn, ns: str) -> dict:
+        return self._quota_record(txn, ns)[0]
+
+    def _quota_record(self, txn, ns: str) -> tuple[dict, bool]:
+        """The namespace's quota and usage, and whether it has a record of its own yet."""
         raw = txn.get(ns.encode(), db=self.db["quotas"])
-        return protocol.unpack(raw, 1 << 20) if raw else {"quota": self.default_quota, "used": 0}
+        return (protocol.unpack(raw, 1 << 20), True) if raw else ({"quota": self.default_quota, "used": 0}, False)
 
     def set_quota_op(self, ns: str, size: int) -> Callable:
         def op(txn):
@@ -233,9 +237,8 @@ class StorageDB(StorageReader):
 
     def _charge(self, txn, ns: str, delta: int, quota: int | None = None) -> None:
         """Raises ENOSPC before it changes anything."""
-        raw = txn.get(ns.encode(), db=self.db["quotas"])
-        q = protocol.unpack(raw, 1 << 20) if raw else {"quota": self.default_quota, "used": 0}
-        if quota is not None and not raw:
+        q, recorded = self._quota_record(txn, ns)
+        if quota is not None and not recorded:
             q["quota"] = quota  # the agent's spawn-time quota, on its namespace's first write
         if delta > 0 and q["used"] + delta > q["quota"]:
             raise AiosError("ENOSPC", f"namespace '{ns}' would hold {q['used'] + delta} bytes, "
