@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -29,6 +30,7 @@ class GroupCommitWriter:
         self.queue: list[tuple[Any, Callable]] = []
         self.batches = 0
         self.ops = 0
+        self.busy_s = 0.0  # time spent committing: near the wall time, the disk is the limit
         self._cond = threading.Condition()
         self._todo: list[tuple[Any, Callable]] | None = None   # the batch handed to the thread
         self._done: list[tuple[Any, Any]] = []                 # its answers, until collected
@@ -107,6 +109,7 @@ class GroupCommitWriter:
                 if self._todo is None:
                     return
                 batch = self._todo
+            t0 = time.perf_counter()
             try:
                 results = self.db.run_batch([op for _, op in batch])
                 answers = [(tok, res) for (tok, _), res in zip(batch, results, strict=True)]
@@ -118,6 +121,7 @@ class GroupCommitWriter:
                 self._busy = False
                 self._done += answers
                 self._failure = failure
+                self.busy_s += time.perf_counter() - t0
                 if not failure:
                     self.batches += 1
                     self.ops += len(batch)

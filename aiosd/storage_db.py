@@ -2,8 +2,9 @@
 sub-databases, the audit log, and group commit. No sockets; tests drive it directly.
 
 Layout (one environment, one writer process):
-  files     ns\\0path               -> {"v": latest, "kept": [versions], "size": bytes kept, "t"}
-  versions  ns\\0path\\0%010d        -> the bytes of that version
+  files     ns\\0path               -> {"v": latest, "kept": [versions], "sizes", "seqs": [the blob
+                                      of each kept version], "size": bytes kept, "t"}
+  blobs, dead                      -> the bytes of versions, an append-only log (aiosd/blob_log.py)
   quotas    ns                     -> {"quota": bytes, "used": bytes}
   index     ns\\0path\\0%010d        -> float32 embedding of that version's text
   audit     time_ns(8) seq(8)      -> an audit record (append-only, in key order)
@@ -21,14 +22,26 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import msgpack
 
 from aiosd import protocol
+from aiosd.blob_log import GC_BACKLOG, BlobLog, bkey, migrate_versions
 from aiosd.errors import AiosError
 
-DBS = ("files", "versions", "history", "audit", "procs", "snapshots", "agent_snaps", "index", "quotas")
+DBS = ("files", "blobs", "dead", "history", "audit", "procs", "snapshots", "agent_snaps", "index", "quotas")
 RAW_DBS = ("history", "snapshots", "procs", "index", "agent_snaps")  # reachable by _sto_put/_sto_get
 MAX_PATH = 1024
 SEP = b"\0"
+# File and quota records are written by this module alone: they are decoded without the
+# wire's checks (protocol.unpack), which cost more than the decoding on every write and read
+
+
+def load_record(raw) -> Any:
+    return msgpack.unpackb(raw, raw=False)
+
+
+def dump_record(obj: Any) -> bytes:
+    return msgpack.packb(obj, use_bin_type=True)
 
 
 def check_path(path: object, what: str = "path", prefix: bool = False) -> str:
@@ -97,7 +110,7 @@ class StorageReader:
         self.env.set_mapsize(0)  # adopt the writer's current map size
         # opened outside any transaction of ours: a handle opened in a read transaction is
         # not valid in the next one
-        self.db = {name: self.env.open_db(name.encode(), create=False) for name in ("files", "versions")}
+        self.db = {name: self.env.open_db(name.encode(), create=False) for name in ("files", "blobs")}
         return self
 
     def begin(self, buffers: bool = False) -> lmdb.Transaction:
@@ -109,7 +122,7 @@ class StorageReader:
 
     def _meta(self, txn, ns: str, path: str) -> dict | None:
         raw = txn.get(fkey(ns, path), db=self.db["files"])
-        return protocol.unpack(raw, 1 << 24) if raw else None
+        return load_record(raw) if raw else None
 
     def read(self, ns: str, path: str, version: int | None = None, max_size: int | None = None) -> dict:
         """A version's bytes (the latest by default); over `max_size` raises TooBig uncopied."""
@@ -119,14 +132,20 @@ class StorageReader:
             if meta is None:
                 raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
             v = version or meta["v"]
-            if v not in meta["kept"]:
-                raise AiosError("ENOENT", f"version {v} of '{path}' is not kept (kept: {meta['kept']})")
-            data = txn.get(vkey(ns, path, v), db=self.db["versions"])
+            data = self.version_bytes(txn, meta, path, v)
             if max_size is not None:
                 if len(data) > max_size:
                     raise TooBig(len(data))
                 data = bytes(data)  # the buffer dies with the transaction
             return {"data": data, "version": v}
+
+    def version_bytes(self, txn, meta: dict, path: str, v: int):
+        """The bytes of version `v` of the file `meta` describes (a buffer with buffers=True)."""
+        try:
+            seq = meta["seqs"][meta["kept"].index(v)]
+        except ValueError:
+            raise AiosError("ENOENT", f"version {v} of '{path}' is not kept (kept: {meta['kept']})") from None
+        return txn.get(bkey(seq), db=self.db["blobs"])
 
     def versions(self, ns: str, path: str) -> list[dict]:
         check_path(path)
@@ -163,6 +182,8 @@ class StorageDB(StorageReader):
                              sync=(sync == "full"), metasync=(sync == "full"), max_readers=256)
         self.cleared_readers = self.env.reader_check()  # slots of dead readers (a killed process)
         self.db = {name: self.env.open_db(name.encode()) for name in DBS}
+        self.blobs = BlobLog(self.env, self.db["blobs"], self.db["dead"])
+        migrate_versions(self.env, self.db["files"], self.blobs, load_record, dump_record, SEP)
         self.versions_kept = max(1, versions_kept)
         self.default_quota = default_quota
         self._audit_last = (0, 0)
@@ -197,6 +218,8 @@ class StorageDB(StorageReader):
                     except AiosError as exc:
                         child.abort()
                         results.append(exc)
+                if self.blobs.backlog > GC_BACKLOG:  # a writer that never pauses: collect as we go
+                    self.blobs.collect(txn, 2 * len(ops) + 16)
                 txn.commit()
             except lmdb.MapFullError:
                 txn.abort()
@@ -223,7 +246,7 @@ class StorageDB(StorageReader):
     def _quota_record(self, txn, ns: str) -> tuple[dict, bool]:
         """The namespace's quota and usage, and whether it has a record of its own yet."""
         raw = txn.get(ns.encode(), db=self.db["quotas"])
-        return (protocol.unpack(raw, 1 << 20), True) if raw else ({"quota": self.default_quota, "used": 0}, False)
+        return (load_record(raw), True) if raw else ({"quota": self.default_quota, "used": 0}, False)
 
     def set_quota_op(self, ns: str, size: int) -> Callable:
         def op(txn):
@@ -231,7 +254,7 @@ class StorageDB(StorageReader):
             if size < q["used"]:
                 raise AiosError("ENOSPC", f"namespace '{ns}' already holds {q['used']} bytes, more than {size}")
             q["quota"] = size
-            txn.put(ns.encode(), protocol.pack(q), db=self.db["quotas"])
+            txn.put(ns.encode(), dump_record(q), db=self.db["quotas"])
             return {"quota": size, "used": q["used"]}
         return op
 
@@ -244,7 +267,7 @@ class StorageDB(StorageReader):
             raise AiosError("ENOSPC", f"namespace '{ns}' would hold {q['used'] + delta} bytes, "
                                       f"over its quota of {q['quota']}")
         q["used"] = max(0, q["used"] + delta)
-        txn.put(ns.encode(), protocol.pack(q), db=self.db["quotas"])
+        txn.put(ns.encode(), dump_record(q), db=self.db["quotas"])
 
     # ---- files --------------------------------------------------------------------------
     def write_op(self, ns: str, path: str, data: Any, quota: int | None = None) -> Callable:
@@ -253,20 +276,18 @@ class StorageDB(StorageReader):
         blob = as_bytes(data)
 
         def op(txn) -> dict:
-            meta = self._meta(txn, ns, path) or {"v": 0, "kept": [], "sizes": [], "size": 0}
+            meta = self._meta(txn, ns, path) or {"v": 0, "kept": [], "sizes": [], "seqs": [], "size": 0}
             version = meta["v"] + 1
-            kept, sizes = meta["kept"] + [version], meta["sizes"] + [len(blob)]
-            dropped = []
-            while len(kept) > self.versions_kept:
-                dropped.append(kept.pop(0))
-                sizes.pop(0)
+            kept, sizes, seqs = meta["kept"] + [version], meta["sizes"] + [len(blob)], meta["seqs"]
+            drop = max(0, len(kept) - self.versions_kept)
+            kept, sizes = kept[drop:], sizes[drop:]
             self._charge(txn, ns, sum(sizes) - meta["size"], quota)
-            for v in dropped:
-                txn.delete(vkey(ns, path, v), db=self.db["versions"])
+            for v in meta["kept"][:drop]:
                 txn.delete(vkey(ns, path, v), db=self.db["index"])
-            txn.put(vkey(ns, path, version), blob, db=self.db["versions"])
-            meta = {"v": version, "kept": kept, "sizes": sizes, "size": sum(sizes), "t": time.time()}
-            txn.put(fkey(ns, path), protocol.pack(meta), db=self.db["files"])
+            self.blobs.drop(txn, seqs[:drop])
+            seqs = seqs[drop:] + [self.blobs.append(txn, blob)]
+            meta = {"v": version, "kept": kept, "sizes": sizes, "seqs": seqs, "size": sum(sizes), "t": time.time()}
+            txn.put(fkey(ns, path), dump_record(meta), db=self.db["files"])
             return {"version": version, "size": len(blob)}
         op.fails_before_writing = True  # ENOSPC from _charge comes before the first put or delete
         return op
@@ -280,8 +301,8 @@ class StorageDB(StorageReader):
             if meta is None:
                 raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
             for v in meta["kept"]:
-                txn.delete(vkey(ns, path, v), db=self.db["versions"])
                 txn.delete(vkey(ns, path, v), db=self.db["index"])
+            self.blobs.drop(txn, meta["seqs"])
             txn.delete(fkey(ns, path), db=self.db["files"])
             self._charge(txn, ns, -meta["size"])
             return {"deleted": path, "versions": len(meta["kept"])}

@@ -23,7 +23,7 @@ from aiosd.embed import Embedder, top_k
 from aiosd.errors import AiosError
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
 from aiosd.group_commit import GroupCommitWriter
-from aiosd.storage_db import StorageDB, check_ns, fkey, vkey
+from aiosd.storage_db import StorageDB, check_ns, vkey
 
 import numpy as np
 
@@ -100,6 +100,10 @@ class StorageManager(Manager):
                 self.reply(rid, result)
         if not self.writer.idle:
             self.answer(self.writer.collect())  # also starts the next batch
+        if self.writer.idle and self.db.blobs.backlog:
+            # versions dropped while writes kept coming are freed now, oldest first
+            self.writer.submit(None, self.db.blobs.collect_op())
+            self.answer(self.writer.collect())
         if self.jobs and os.getppid() == self.kernel_pid:
             # the kernel pings only managers it has not heard from, and our short ticks keep
             # our own heartbeats too regular for that; while a job runs, a live parent (the
@@ -150,8 +154,8 @@ class StorageManager(Manager):
         self.flush()
         self.writer.close()
         w = self.writer
-        logging.getLogger("aiosd").info("storage: %d ops in %d synced batches (%.1f per batch)",
-                                        w.ops, w.batches, w.ops / max(w.batches, 1))
+        logging.getLogger("aiosd").info("storage: %d ops in %d synced batches (%.1f per batch), %.1f s committing",
+                                        w.ops, w.batches, w.ops / max(w.batches, 1), w.busy_s)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.db.close()
 
@@ -196,10 +200,10 @@ class StorageManager(Manager):
         docs, vecs, todo = [], [], []
         with self.db.env.begin(buffers=False) as txn:
             for path in self.db.list(ns):
-                meta = protocol.unpack(txn.get(fkey(ns, path), db=self.db.db["files"]), 1 << 24)
+                meta = self.db._meta(txn, ns, path)
                 key = vkey(ns, path, meta["v"])
                 try:
-                    text = txn.get(key, db=self.db.db["versions"]).decode()
+                    text = self.db.version_bytes(txn, meta, path, meta["v"]).decode()
                 except UnicodeDecodeError:
                     continue  # binary files are not retrievable text
                 if "\0" in text or not text.strip():
