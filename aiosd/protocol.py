@@ -9,6 +9,7 @@ from __future__ import annotations
 import mmap
 import os
 import secrets
+import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -51,8 +52,15 @@ def _ext_hook(code: int, data: bytes) -> Any:
     raise AiosError("EPROTO", f"unknown msgpack extension type {code}")
 
 
+_local = threading.local()  # a Packer per thread: msgpack.packb builds one per call
+
+
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, default=_default, use_bin_type=True)
+    try:
+        packer = _local.packer
+    except AttributeError:
+        packer = _local.packer = msgpack.Packer(default=_default, use_bin_type=True)
+    return packer.pack(obj)  # (a failed pack leaves the packer empty for the next)
 
 
 def pack_msg(obj: Any, threshold: int) -> bytes:
@@ -69,23 +77,26 @@ def unpack(data: bytes, max_size: int = 1 << 20) -> Any:
     return unpack_refs(data, max_size)[0]
 
 
-def _noting_hook(seen: list[int]):
-    """msgpack's ext hook that also notes each extension seen (a shared-memory reference)."""
-    def hook(code: int, payload: bytes) -> Any:
-        seen.append(code)
-        return _ext_hook(code, payload)
-    return hook
+# Extensions decoded so far, in every thread: a decode that saw this move may hold
+# shared-memory references. (Another thread's decode may move it meanwhile: that costs a
+# needless walk of the message, never a missed reference; one counter instead of a hook
+# made per call keeps a 1 KiB decode at the cost of msgpack itself.)
+_exts_seen = [0]
+
+
+def _counting_hook(code: int, payload: bytes) -> Any:
+    _exts_seen[0] += 1
+    return _ext_hook(code, payload)
 
 
 def unpack_refs(data: bytes, max_size: int = 1 << 20) -> tuple[Any, bool]:
     """Decode one body; also say whether it holds shared-memory references to resolve."""
     if len(data) > max_size:
         raise AiosError("EPROTO", f"frame of {len(data)} bytes is over the {max_size}-byte limit")
-    seen: list[int] = []
-    hook = _noting_hook(seen)
-
+    before = _exts_seen[0]
     try:
-        return msgpack.unpackb(data, ext_hook=hook, raw=False, strict_map_key=False), bool(seen)
+        return msgpack.unpackb(data, ext_hook=_counting_hook, raw=False, strict_map_key=False), \
+            _exts_seen[0] != before
     except AiosError:
         raise
     except Exception as exc:  # msgpack raises many types on garbage
@@ -110,10 +121,8 @@ def unpack_frame(data: bytes, max_size: int = 1 << 20) -> tuple[list[Any], bool]
         return [msg], refs
     if len(data) > max_size:
         raise AiosError("EPROTO", f"frame of {len(data)} bytes is over the {max_size}-byte limit")
-    seen: list[int] = []
-    hook = _noting_hook(seen)
-
-    unpacker = msgpack.Unpacker(ext_hook=hook, raw=False, strict_map_key=False, max_buffer_size=len(data) + 1)
+    before = _exts_seen[0]
+    unpacker = msgpack.Unpacker(ext_hook=_counting_hook, raw=False, strict_map_key=False, max_buffer_size=len(data) + 1)
     unpacker.feed(memoryview(data)[1:])
     unpacker.feed(b"\xc0")  # a nil after the last body: left over as itself only if that body was whole
     try:
@@ -124,7 +133,7 @@ def unpack_frame(data: bytes, max_size: int = 1 << 20) -> tuple[list[Any], bool]
         raise AiosError("EPROTO", f"batch is not valid msgpack ({type(exc).__name__})") from None
     if not msgs or msgs.pop() is not None:
         raise AiosError("EPROTO", "batch ends inside a body")
-    return msgs, bool(seen)
+    return msgs, _exts_seen[0] != before
 
 
 def shm_put(data: bytes) -> ShmRef:

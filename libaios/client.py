@@ -80,11 +80,12 @@ class Client:
     def _send(self, name: str, args: dict | None, sock: zmq.Socket | None = None) -> tuple[zmq.Socket, int]:
         rid = next(self._ids)
         body = protocol.pack_msg({"id": rid, "call": name, "args": args or {}}, SHM_THRESHOLD)
-        sock = sock or self._sock()
-        sock.send(body, copy=False)
+        sock = sock or getattr(self._local, "sock", None) or self._sock()
+        sock.send(body)  # (copy=False is slower below pyzmq's copy threshold, 64 KiB)
         return sock, rid
 
-    def _recv(self, sock: zmq.Socket, rid: int, timeout: float | None) -> dict:
+    def _recv(self, sock: zmq.Socket, rid: int, timeout: float | None) -> tuple[dict, bool]:
+        """The next message for request `rid`, and whether it holds shared-memory references."""
         # A blocking receive under RCVTIMEO, not poll-then-receive: Socket.poll builds a
         # Poller per call and costs a second wait; together ~50 us of an agent's ~100 us call.
         ms = -1 if timeout is None else max(int(timeout * 1000), 0)
@@ -99,10 +100,8 @@ class Client:
                     raise Unavailable("EUNAVAIL", f"aiosd is not running on {self.home}") from None
                 raise error_for("ETIMEDOUT", f"no answer from aiosd within {timeout:g} s") from None
             msg, refs = protocol.unpack_refs(raw, 1 << 31)
-            if isinstance(msg, dict) and msg.get("id") in (rid, None):
-                if not refs:
-                    msg["_plain"] = True
-                return msg
+            if type(msg) is dict and msg.get("id") in (rid, None):
+                return msg, refs
 
     def syscall(self, name: str, args: dict | None = None, timeout: float | None = -1.0) -> Any:
         """Make one syscall and return its result, or raise its error."""
@@ -118,10 +117,9 @@ class Client:
     def _call_on(self, sock: zmq.Socket | None, name: str, args: dict | None, timeout: float | None) -> Any:
         sock, rid = self._send(name, args, sock)
         while True:
-            msg = self._recv(sock, rid, timeout)
-            if "partial" in msg:
-                continue
-            return self._result(msg)
+            msg, refs = self._recv(sock, rid, timeout)
+            if "partial" not in msg:
+                return self._result(msg, refs)
 
     def stream(self, name: str, args: dict | None = None, timeout: float | None = -1.0) -> Stream:
         """A call whose partial results arrive as they come (llm_chat with stream=True)."""
@@ -130,9 +128,9 @@ class Client:
         return Stream(self, sock, rid, timeout)
 
     @staticmethod
-    def _result(msg: dict) -> Any:
+    def _result(msg: dict, refs: bool) -> Any:
         if msg.get("ok"):
-            return msg.get("result") if msg.get("_plain") else protocol.resolve(msg.get("result"))
+            return protocol.resolve(msg.get("result")) if refs else msg.get("result")
         err = msg.get("error") or {}
         raise error_for(str(err.get("code", "EIO")), str(err.get("message", "")))
 
@@ -155,12 +153,12 @@ class Stream:
 
     def __iter__(self) -> Iterator[Any]:
         while not self.done:
-            msg = self.client._recv(self.sock, self.rid, self.timeout)
+            msg, refs = self.client._recv(self.sock, self.rid, self.timeout)
             if "partial" in msg:
-                yield msg["partial"] if msg.get("_plain") else protocol.resolve(msg["partial"])
+                yield protocol.resolve(msg["partial"]) if refs else msg["partial"]
                 continue
             self.done = True
-            self.result = self.client._result(msg)
+            self.result = self.client._result(msg, refs)
 
 
 _default: Client | None = None
