@@ -22,12 +22,14 @@ from aiosd import protocol
 from aiosd.embed import Embedder, top_k
 from aiosd.errors import AiosError
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
+from aiosd.blob_log import GC_IDLE_BATCH
 from aiosd.group_commit import GroupCommitWriter
 from aiosd.storage_db import StorageDB, check_ns, vkey
 
 import numpy as np
 
 SNAP_CALLS = ("snapshot_create", "snapshot_restore")
+GC_AFTER_PAUSE_S = 1.0  # dropped versions are freed when writes pause this long (or GC_IDLE_BATCH wait)
 
 
 class StorageManager(Manager):
@@ -46,6 +48,7 @@ class StorageManager(Manager):
         self.done: queue.Queue = queue.Queue()   # (req id, result, error) from retrieval jobs
         self.jobs = 0
         self.kernel_pid = os.getppid()
+        self.last_write = 0.0
 
     # ---- plumbing -----------------------------------------------------------------------
     def ns(self, req: Request) -> str:
@@ -59,6 +62,7 @@ class StorageManager(Manager):
 
     def queue_op(self, req: Request, op) -> object:
         self.writer.submit(req.id, op)
+        self.last_write = time.monotonic()
         return DEFERRED
 
     def flush(self) -> None:
@@ -100,16 +104,23 @@ class StorageManager(Manager):
                 self.reply(rid, result)
         if not self.writer.idle:
             self.answer(self.writer.collect())  # also starts the next batch
+        wait = 0.005 if self.jobs else None
         if self.writer.idle and self.db.blobs.backlog:
-            # versions dropped while writes kept coming are freed now, oldest first
-            self.writer.submit(None, self.db.blobs.collect_op())
-            self.answer(self.writer.collect())
+            # Dropped versions are freed, oldest first, once writing pauses for a while or
+            # when many wait: freeing each as soon as the writer is idle would add a synced
+            # transaction to every write of a lone writer.
+            pause = time.monotonic() - self.last_write
+            if self.db.blobs.backlog >= GC_IDLE_BATCH or pause >= GC_AFTER_PAUSE_S:
+                self.writer.submit(None, self.db.blobs.collect_op())
+                self.answer(self.writer.collect())
+            else:
+                wait = min(wait or GC_AFTER_PAUSE_S, max(0.005, GC_AFTER_PAUSE_S - pause))
         if self.jobs and os.getppid() == self.kernel_pid:
             # the kernel pings only managers it has not heard from, and our short ticks keep
             # our own heartbeats too regular for that; while a job runs, a live parent (the
             # kernel) is the liveness proof, so the base loop does not think it lost it
             self._last_rx = time.monotonic()
-        return 0.005 if self.jobs else None
+        return wait
 
     def call(self, call: str, args: dict, aid: int = 0, timeout: float = 30.0) -> Any:
         """An internal call that keeps serving storage requests while it waits, so a manager
