@@ -107,9 +107,14 @@ def main() -> None:
         d.wait_idle()
         base.wait_idle()
         for _ in range(rounds):
+            # each phase starts with both daemons idle: storage frees dropped versions once
+            # writing pauses, and that work must not land in the next phase's figure
             w, write_cpu = run_agents(d, "write", writes)
+            d.wait_idle()
             b, _ = run_agents(base, "write", baseline_writes)
+            base.wait_idle()
             r, read_cpu = run_agents(d, "read", reads)
+            d.wait_idle()
             per_round.append({"writes_per_s": w, "per_write_sync_writes_per_s": b, "reads_per_s": r,
                               "group_commit_speedup": w / b, "cpu_us_per_write": write_cpu,
                               "cpu_us_per_read": read_cpu})
