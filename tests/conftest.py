@@ -15,7 +15,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 REPO = Path(__file__).resolve().parent.parent
-CLI = {"aiosd": "daemon", "aios-run": "run", "aios-ps": "ps", "aios-kill": "kill", "aios-logs": "logs"}
+CLI = {"aiosd": "daemon", "aios-run": "run", "aios-ps": "ps", "aios-kill": "kill", "aios-logs": "logs",
+       "aios-sto": "sto"}
 SLEEPER = [sys.executable, "-c", "import time; time.sleep(3600)"]
 
 

@@ -3,6 +3,7 @@ versions and rollback, retrieval, agent snapshots, the audit log."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import lmdb
@@ -144,3 +145,24 @@ def test_audit_query_own_records_only(daemon):
     assert code_of(other.syscall, "audit_query", {"aid": aid}) == "EACCES"
     assert code_of(other.syscall, "audit_query", {"name": "sto-audit"}) == "EACCES"
     assert daemon.root.syscall("audit_query", {"aid": aid, "call": "sto_list"})["records"]
+
+
+def test_aios_sto_shows_an_agents_files_as_root(daemon):
+    _, c = daemon.agent("sto-cli")
+    for i in range(3):
+        c.syscall("sto_write", {"path": "notes/plan.txt", "data": f"draft {i}"})
+    c.syscall("sto_write", {"path": "data.bin", "data": b"\x00\xff"})
+    ls = daemon.run_cli("aios-sto", "ls", "sto-cli")
+    assert ls.returncode == 0 and ls.stdout.split() == ["data.bin", "notes/plan.txt"], ls.stderr
+    assert daemon.run_cli("aios-sto", "ls", "sto-cli", "notes/").stdout.split() == ["notes/plan.txt"]
+    long = daemon.run_cli("aios-sto", "ls", "-l", "sto-cli").stdout.splitlines()
+    assert long[0].split()[:2] == ["VERSION", "KEPT"] and long[2].split()[:2] == ["3", "3"]
+    assert daemon.run_cli("aios-sto", "cat", "sto-cli", "notes/plan.txt").stdout == "draft 2"
+    assert daemon.run_cli("aios-sto", "cat", "sto-cli", "notes/plan.txt", "-v", "1").stdout == "draft 0"
+    versions = daemon.run_cli("aios-sto", "versions", "sto-cli", "notes/plan.txt", "--json")
+    assert [v["version"] for v in json.loads(versions.stdout)] == [1, 2, 3]
+    missing = daemon.run_cli("aios-sto", "cat", "sto-cli", "nope")
+    assert missing.returncode == 1 and missing.stderr.startswith("aios-sto: ENOENT: ")
+    assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
+    hostile = daemon.run_cli("aios-sto", "cat", "sto-cli", "../other/x")
+    assert hostile.returncode == 1 and hostile.stderr.startswith("aios-sto: EINVAL: ")

@@ -1,0 +1,72 @@
+"""aios-sto ls|cat|versions: look into an agent's storage as root (ls, cat and versions of
+the files that agent name keeps; every look is a syscall, so it is audited like any other)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from aiosd.cli.common import add_home, fmt_bytes, home_of, root_client, run_command
+
+
+def execute(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="aios-sto", description="inspect an agent's storage (root)")
+    add_home(p)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ls = sub.add_parser("ls", help="files of an agent name, optionally under a prefix")
+    ls.add_argument("name", help="the agent's name (aios-run --name, or its manifest's)")
+    ls.add_argument("prefix", nargs="?", default="")
+    ls.add_argument("-l", action="store_true", help="with the latest version, versions kept and size")
+    ls.add_argument("--json", action="store_true")
+    cat = sub.add_parser("cat", help="a file's bytes on stdout")
+    cat.add_argument("name")
+    cat.add_argument("path")
+    cat.add_argument("-v", "--version", type=int, help="a kept version (default: the latest)")
+    ver = sub.add_parser("versions", help="the versions a file keeps, with their sizes")
+    ver.add_argument("name")
+    ver.add_argument("path")
+    ver.add_argument("--json", action="store_true")
+    args = p.parse_args(argv)
+    client = root_client(home_of(args), timeout=30)
+
+    if args.cmd == "cat":
+        got = client.syscall("sto_read", {"path": args.path, "version": args.version, "owner": args.name})
+        data = got["data"]
+        sys.stdout.buffer.write(data if isinstance(data, bytes) else str(data).encode())
+        sys.stdout.flush()
+        return 0
+    if args.cmd == "versions":
+        rows = client.syscall("sto_versions", {"path": args.path, "owner": args.name})["versions"]
+        if args.json:
+            print(json.dumps(rows))
+        else:
+            for r in rows:
+                print(f"{r['version']:>6}  {fmt_bytes(r['size']):>9}")
+        return 0
+    paths = client.syscall("sto_list", {"prefix": args.prefix, "owner": args.name})["paths"]
+    if not (args.l or args.json):
+        for path in paths:
+            print(path)
+        return 0
+    rows = []
+    for path in paths:
+        kept = client.syscall("sto_versions", {"path": path, "owner": args.name})["versions"]
+        rows.append({"path": path, "version": kept[-1]["version"] if kept else 0, "versions": len(kept),
+                     "size": kept[-1]["size"] if kept else 0, "bytes_kept": sum(v["size"] for v in kept)})
+    if args.json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'VERSION':>7} {'KEPT':>4} {'SIZE':>9} {'ALL KEPT':>9}  PATH")
+    for r in rows:
+        print(f"{r['version']:>7} {r['versions']:>4} {fmt_bytes(r['size']):>9} {fmt_bytes(r['bytes_kept']):>9}  "
+              f"{r['path']}")
+    return 0
+
+
+def main() -> int:
+    return run_command("aios-sto", execute)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
