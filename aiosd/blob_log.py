@@ -45,7 +45,10 @@ class BlobLog:
         seq = self.next_seq
         # a transaction that aborts (map full, then retried) leaves a gap, never a reused key
         self.next_seq += 1
-        txn.put(_SEQ.pack(seq), data, db=self.blobs, append=True)
+        if not txn.put(_SEQ.pack(seq), data, db=self.blobs, append=True):
+            # LMDB refuses an appended key that is not past the last one, quietly: never
+            # acknowledge a version whose bytes were not written
+            raise RuntimeError(f"blob log out of order at {seq}")
         return seq
 
     def drop(self, txn, seqs: list[int]) -> None:

@@ -100,3 +100,12 @@ def test_the_kernels_reader_reads_the_log(tmp_path):
     assert reader.read("alice", "f", max_size=1 << 20) == {"data": b"x" * 5000, "version": 1}
     with pytest.raises(storage_db.TooBig):
         reader.read("alice", "f", max_size=100)
+
+
+def test_an_append_out_of_order_fails_the_batch_instead_of_losing_the_bytes(db):
+    """LMDB answers an appended key that is not past the last one with a quiet False."""
+    db.write_now(db.write_op("alice", "f", "one"))
+    db.blobs.next_seq = 1  # as if the counter had gone wrong
+    with pytest.raises(RuntimeError):
+        db.write_now(db.write_op("alice", "f", "two"))
+    assert db.read("alice", "f") == {"data": b"one", "version": 1}  # the batch changed nothing
