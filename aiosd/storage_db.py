@@ -351,7 +351,8 @@ class StorageDB(StorageReader):
             for rec in records:
                 now = time.time_ns()
                 t, seq = (now, 0) if now > t else (t, seq + 1)  # keys only ever grow
-                txn.put(struct.pack(">QQ", t, seq), protocol.pack(rec), db=self.db["audit"], append=True)
+                if not txn.put(struct.pack(">QQ", t, seq), protocol.pack(rec), db=self.db["audit"], append=True):
+                    raise RuntimeError(f"audit key {t}/{seq} is not past the last")  # LMDB's quiet refusal
             self._audit_last = (t, seq)
             return {"appended": len(records)}
         return op
