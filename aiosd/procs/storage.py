@@ -19,10 +19,10 @@ from typing import Any
 import zmq
 
 from aiosd import protocol
+from aiosd.blob_log import GC_IDLE_BATCH
 from aiosd.embed import Embedder, top_k
 from aiosd.errors import AiosError
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
-from aiosd.blob_log import GC_IDLE_BATCH
 from aiosd.group_commit import GroupCommitWriter
 from aiosd.storage_db import StorageDB, check_ns, vkey
 
