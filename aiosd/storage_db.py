@@ -41,7 +41,7 @@ def load_record(raw) -> Any:
 
 
 def dump_record(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    return protocol.pack(obj)  # its Packer per thread: packb builds one per call
 
 
 def check_path(path: object, what: str = "path", prefix: bool = False) -> str:
@@ -274,20 +274,31 @@ class StorageDB(StorageReader):
         check_ns(ns)
         check_path(path)
         blob = as_bytes(data)
+        # keys and handles made here, by the manager's loop: the op runs on the committer
+        # thread, whose time per batch is what bounds a write-heavy load
+        key, files, index = fkey(ns, path), self.db["files"], self.db["index"]
 
         def op(txn) -> dict:
-            meta = self._meta(txn, ns, path) or {"v": 0, "kept": [], "sizes": [], "seqs": [], "size": 0}
+            raw = txn.get(key, db=files)
+            meta = load_record(raw) if raw else {"v": 0, "kept": [], "sizes": [], "seqs": [], "size": 0}
             version = meta["v"] + 1
-            kept, sizes, seqs = meta["kept"] + [version], meta["sizes"] + [len(blob)], meta["seqs"]
-            drop = max(0, len(kept) - self.versions_kept)
-            kept, sizes = kept[drop:], sizes[drop:]
-            self._charge(txn, ns, sum(sizes) - meta["size"], quota)
-            for v in meta["kept"][:drop]:
-                txn.delete(vkey(ns, path, v), db=self.db["index"])
-            self.blobs.drop(txn, seqs[:drop])
-            seqs = seqs[drop:] + [self.blobs.append(txn, blob)]
-            meta = {"v": version, "kept": kept, "sizes": sizes, "seqs": seqs, "size": sum(sizes), "t": time.time()}
-            txn.put(fkey(ns, path), dump_record(meta), db=self.db["files"])
+            kept, sizes, seqs = meta["kept"], meta["sizes"], meta["seqs"]
+            kept.append(version)
+            sizes.append(len(blob))
+            drop = len(kept) - self.versions_kept
+            if drop > 0:
+                dropped = kept[:drop]
+                del kept[:drop], sizes[:drop]
+            size = sum(sizes)
+            self._charge(txn, ns, size - meta["size"], quota)
+            if drop > 0:
+                for v in dropped:
+                    txn.delete(key + SEP + b"%010d" % v, db=index)  # vkey(ns, path, v)
+                self.blobs.drop(txn, seqs[:drop])
+                del seqs[:drop]
+            seqs.append(self.blobs.append(txn, blob))
+            meta["v"], meta["size"], meta["t"] = version, size, time.time()
+            txn.put(key, dump_record(meta), db=files)
             return {"version": version, "size": len(blob)}
         op.fails_before_writing = True  # ENOSPC from _charge comes before the first put or delete
         return op
