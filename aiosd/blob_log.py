@@ -35,7 +35,7 @@ class BlobLog:
     of the one writer (the storage manager), so its counters need no lock."""
 
     def __init__(self, env: lmdb.Environment, blobs, dead):
-        self.env, self.blobs, self.dead = env, blobs, dead
+        self.blobs, self.dead = blobs, dead
         with env.begin() as txn:
             cur = txn.cursor(blobs)
             self.next_seq = _SEQ.unpack(cur.key())[0] + 1 if cur.last() else 1
