@@ -77,7 +77,7 @@ class BlobLog:
         return op
 
 
-def migrate_versions(env: lmdb.Environment, files, log: BlobLog, unpack, pack, sep: bytes) -> int:
+def migrate_versions(env: lmdb.Environment, files, log: BlobLog, unpack, pack, version_key) -> int:
     """Move a database of the earlier layout (bytes under `versions`, keyed by path and
     version) into the log, in one transaction; returns the number of files moved."""
     try:
@@ -90,7 +90,7 @@ def migrate_versions(env: lmdb.Environment, files, log: BlobLog, unpack, pack, s
         for key, meta in rows:
             if "seqs" in meta:
                 continue
-            meta["seqs"] = [log.append(txn, txn.get(key + sep + b"%010d" % v, db=old) or b"") for v in meta["kept"]]
+            meta["seqs"] = [log.append(txn, txn.get(version_key(key, v), db=old) or b"") for v in meta["kept"]]
             txn.put(key, pack(meta), db=files)
             moved += 1
         txn.drop(old, delete=True)

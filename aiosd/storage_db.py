@@ -78,7 +78,12 @@ def fkey(ns: str, path: str) -> bytes:
 
 
 def vkey(ns: str, path: str, version: int) -> bytes:
-    return fkey(ns, path) + SEP + b"%010d" % version
+    return version_key(fkey(ns, path), version)
+
+
+def version_key(file_key: bytes, version: int) -> bytes:
+    """A version's key from its file's key (fkey), for a caller that has the latter already."""
+    return file_key + SEP + b"%010d" % version
 
 
 def as_bytes(data: Any) -> bytes:
@@ -183,7 +188,7 @@ class StorageDB(StorageReader):
         self.cleared_readers = self.env.reader_check()  # slots of dead readers (a killed process)
         self.db = {name: self.env.open_db(name.encode()) for name in DBS}
         self.blobs = BlobLog(self.env, self.db["blobs"], self.db["dead"])
-        migrate_versions(self.env, self.db["files"], self.blobs, load_record, dump_record, SEP)
+        migrate_versions(self.env, self.db["files"], self.blobs, load_record, dump_record, version_key)
         self.versions_kept = max(1, versions_kept)
         self.default_quota = default_quota
         self._audit_last = (0, 0)
@@ -293,7 +298,7 @@ class StorageDB(StorageReader):
             self._charge(txn, ns, size - meta["size"], quota)
             if drop > 0:
                 for v in dropped:
-                    txn.delete(key + SEP + b"%010d" % v, db=index)  # vkey(ns, path, v)
+                    txn.delete(version_key(key, v), db=index)
                 self.blobs.drop(txn, seqs[:drop])
                 del seqs[:drop]
             seqs.append(self.blobs.append(txn, blob))
