@@ -7,7 +7,7 @@ Layout (one environment, one writer process):
   blobs, dead                      -> the bytes of versions, an append-only log (aiosd/blob_log.py)
   quotas    ns                     -> {"quota": bytes, "used": bytes}
   index     ns\\0path\\0%010d        -> float32 embedding of that version's text
-  audit     time_ns(8) seq(8)      -> an audit record (append-only, in key order)
+  audit     time_ns(8) seq(8)      -> an audit record, appended in key order (aiosd/audit_log.py)
   procs     aid(8)                 -> an exited agent's process-table row
   history, snapshots               -> raw values for the memory manager and the llm worker
   agent_snaps ns\\0id              -> an agent snapshot (memory, context, files)
@@ -15,7 +15,6 @@ Layout (one environment, one writer process):
 
 from __future__ import annotations
 
-import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,6 +24,7 @@ import lmdb
 import msgpack
 
 from aiosd import protocol
+from aiosd.audit_log import AuditLog
 from aiosd.blob_log import GC_BACKLOG, BlobLog, bkey, migrate_versions
 from aiosd.errors import AiosError
 
@@ -125,7 +125,8 @@ class StorageReader:
             self.env.set_mapsize(0)
             return self.env.begin(buffers=buffers)
 
-    def _meta(self, txn, ns: str, path: str) -> dict | None:
+    def file_meta(self, txn, ns: str, path: str) -> dict | None:
+        """The record of a file (its kept versions and their blobs), or None."""
         raw = txn.get(fkey(ns, path), db=self.db["files"])
         return load_record(raw) if raw else None
 
@@ -133,7 +134,7 @@ class StorageReader:
         """A version's bytes (the latest by default); over `max_size` raises TooBig uncopied."""
         check_path(path)
         with self.begin(buffers=max_size is not None) as txn:
-            meta = self._meta(txn, ns, path)
+            meta = self.file_meta(txn, ns, path)
             if meta is None:
                 raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
             v = version or meta["v"]
@@ -155,7 +156,7 @@ class StorageReader:
     def versions(self, ns: str, path: str) -> list[dict]:
         check_path(path)
         with self.begin() as txn:
-            meta = self._meta(txn, ns, path)
+            meta = self.file_meta(txn, ns, path)
             if meta is None:
                 raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
             return [{"version": v, "size": s} for v, s in zip(meta["kept"], meta["sizes"], strict=True)]
@@ -191,11 +192,7 @@ class StorageDB(StorageReader):
         migrate_versions(self.env, self.db["files"], self.blobs, load_record, dump_record, version_key)
         self.versions_kept = max(1, versions_kept)
         self.default_quota = default_quota
-        self._audit_last = (0, 0)
-        with self.env.begin() as txn:
-            cur = txn.cursor(self.db["audit"])
-            if cur.last():
-                self._audit_last = struct.unpack(">QQ", cur.key()[:16])
+        self.audit = AuditLog(self.env, self.db["audit"])
         self.commits = 0
 
     def close(self) -> None:
@@ -313,7 +310,7 @@ class StorageDB(StorageReader):
         check_path(path)
 
         def op(txn) -> dict:
-            meta = self._meta(txn, ns, path)
+            meta = self.file_meta(txn, ns, path)
             if meta is None:
                 raise AiosError("ENOENT", f"no file '{path}' in namespace '{ns}'")
             for v in meta["kept"]:
@@ -360,38 +357,9 @@ class StorageDB(StorageReader):
                     out.append((k, protocol.unpack(v, 1 << 31)))
         return out
 
-    # ---- audit --------------------------------------------------------------------------
+    # ---- audit (aiosd/audit_log.py) -----------------------------------------------------
     def audit_op(self, records: list) -> Callable:
-        def op(txn):
-            t, seq = self._audit_last
-            for rec in records:
-                now = time.time_ns()
-                t, seq = (now, 0) if now > t else (t, seq + 1)  # keys only ever grow
-                if not txn.put(struct.pack(">QQ", t, seq), protocol.pack(rec), db=self.db["audit"], append=True):
-                    raise RuntimeError(f"audit key {t}/{seq} is not past the last")  # LMDB's quiet refusal
-            self._audit_last = (t, seq)
-            return {"appended": len(records)}
-        return op
+        return self.audit.append_op(records)
 
-    def audit_query(self, aid: int | None = None, name: str | None = None, since: float | None = None,
-                    until: float | None = None, call: str | None = None, limit: int = 1000) -> list[dict]:
-        """The newest `limit` matching records, oldest first."""
-        out: list[dict] = []
-        with self.env.begin() as txn:
-            cur = txn.cursor(self.db["audit"])
-            if not cur.last():
-                return out
-            for _, raw in cur.iterprev():
-                rec = protocol.unpack(raw, 1 << 24)
-                t = rec.get("t", 0.0)
-                if since is not None and t < since - 5.0:
-                    break  # keys are append order; records' own times lag them by batching only
-                if ((aid is not None and rec.get("aid") != aid) or (name is not None and rec.get("name") != name)
-                        or (call is not None and rec.get("call") != call)
-                        or (since is not None and t < since) or (until is not None and t > until)):
-                    continue
-                out.append(rec)
-                if len(out) >= limit:
-                    break
-        out.reverse()
-        return out
+    def audit_query(self, **query: Any) -> list[dict]:
+        return self.audit.query(**query)

@@ -211,7 +211,7 @@ class StorageManager(Manager):
         docs, vecs, todo = [], [], []
         with self.db.env.begin(buffers=False) as txn:
             for path in self.db.list(ns):
-                meta = self.db._meta(txn, ns, path)
+                meta = self.db.file_meta(txn, ns, path)
                 key = vkey(ns, path, meta["v"])
                 try:
                     text = self.db.version_bytes(txn, meta, path, meta["v"]).decode()

@@ -1,0 +1,67 @@
+"""The audit sub-database of storage.lmdb: one record per syscall, appended in key order.
+
+  audit  time_ns(8) seq(8)  -> a record (aiosd/audit.py builds them in the kernel)
+
+Keys only ever grow, so every append lands on the last page, and a query walks back from
+the newest record until it passes the window it was asked for.
+"""
+
+from __future__ import annotations
+
+import struct
+import time
+from collections.abc import Callable
+
+import lmdb
+
+from aiosd import protocol
+
+_KEY = struct.Struct(">QQ")
+
+
+class AuditLog:
+    """Appends and queries audit records; appends run inside the one writer's transactions."""
+
+    def __init__(self, env: lmdb.Environment, db):
+        self.env, self.db = env, db
+        self.last = (0, 0)  # the newest key's (time_ns, seq)
+        with env.begin() as txn:
+            cur = txn.cursor(db)
+            if cur.last():
+                self.last = _KEY.unpack(cur.key()[:16])
+
+    def append_op(self, records: list) -> Callable:
+        """An op for StorageDB.run_batch that appends `records`."""
+        def op(txn):
+            t, seq = self.last
+            for rec in records:
+                now = time.time_ns()
+                t, seq = (now, 0) if now > t else (t, seq + 1)  # keys only ever grow
+                if not txn.put(_KEY.pack(t, seq), protocol.pack(rec), db=self.db, append=True):
+                    raise RuntimeError(f"audit key {t}/{seq} is not past the last")  # LMDB's quiet refusal
+            self.last = (t, seq)
+            return {"appended": len(records)}
+        return op
+
+    def query(self, aid: int | None = None, name: str | None = None, since: float | None = None,
+              until: float | None = None, call: str | None = None, limit: int = 1000) -> list[dict]:
+        """The newest `limit` matching records, oldest first."""
+        out: list[dict] = []
+        with self.env.begin() as txn:
+            cur = txn.cursor(self.db)
+            if not cur.last():
+                return out
+            for _, raw in cur.iterprev():
+                rec = protocol.unpack(raw, 1 << 24)
+                t = rec.get("t", 0.0)
+                if since is not None and t < since - 5.0:
+                    break  # keys are append order; records' own times lag them by batching only
+                if ((aid is not None and rec.get("aid") != aid) or (name is not None and rec.get("name") != name)
+                        or (call is not None and rec.get("call") != call)
+                        or (since is not None and t < since) or (until is not None and t > until)):
+                    continue
+                out.append(rec)
+                if len(out) >= limit:
+                    break
+        out.reverse()
+        return out
