@@ -30,10 +30,12 @@ def record(aid: int, name: str, call: str, args: object, code: str, latency_s: f
 
 
 class AuditBuffer:
-    """Collects records and hands them out in batches (the kernel sends them to storage)."""
+    """Collects records and hands them out in batches (the kernel sends them to storage).
+    Each is kept packed: storage appends the bytes as they come, instead of decoding every
+    record of a batch from the wire and encoding it again for LMDB."""
 
     def __init__(self, max_batch: int = 512, max_age_s: float = 0.05):
-        self.records: list[dict] = []
+        self.records: list[bytes] = []
         self.max_batch = max_batch
         self.max_age_s = max_age_s
         self.oldest = 0.0
@@ -41,12 +43,12 @@ class AuditBuffer:
     def add(self, rec: dict) -> None:
         if not self.records:
             self.oldest = time.monotonic()
-        self.records.append(rec)
+        self.records.append(protocol.pack(rec))
 
     def due(self) -> bool:
         return bool(self.records) and (
             len(self.records) >= self.max_batch or time.monotonic() - self.oldest >= self.max_age_s)
 
-    def take(self) -> list[dict]:
+    def take(self) -> list[bytes]:
         out, self.records = self.records, []
         return out

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import lmdb
 
 from aiosd import protocol
+from aiosd.errors import AiosError
 
 _KEY = struct.Struct(">QQ")
 
@@ -30,17 +31,20 @@ class AuditLog:
             if cur.last():
                 self.last = _KEY.unpack(cur.key()[:16])
 
-    def append_op(self, records: list) -> Callable:
-        """An op for StorageDB.run_batch that appends `records`."""
+    def append_op(self, records: list[bytes | dict]) -> Callable:
+        """An op for StorageDB.run_batch that appends `records`: packed as the kernel's
+        AuditBuffer sends them, or dicts."""
+        values = [rec if isinstance(rec, bytes) else protocol.pack(rec) for rec in records]
+
         def op(txn):
             t, seq = self.last
-            for rec in records:
+            for value in values:
                 now = time.time_ns()
                 t, seq = (now, 0) if now > t else (t, seq + 1)  # keys only ever grow
-                if not txn.put(_KEY.pack(t, seq), protocol.pack(rec), db=self.db, append=True):
+                if not txn.put(_KEY.pack(t, seq), value, db=self.db, append=True):
                     raise RuntimeError(f"audit key {t}/{seq} is not past the last")  # LMDB's quiet refusal
             self.last = (t, seq)
-            return {"appended": len(records)}
+            return {"appended": len(values)}
         return op
 
     def query(self, aid: int | None = None, name: str | None = None, since: float | None = None,
@@ -52,7 +56,12 @@ class AuditLog:
             if not cur.last():
                 return out
             for _, raw in cur.iterprev():
-                rec = protocol.unpack(raw, 1 << 24)
+                try:
+                    rec = protocol.unpack(raw, 1 << 24)
+                except AiosError:
+                    rec = None
+                if not isinstance(rec, dict):  # appended as bytes: a query must survive a bad one
+                    rec = {"t": 0.0, "call": "?", "code": "EBADMSG", "note": "an undecodable audit record"}
                 t = rec.get("t", 0.0)
                 if since is not None and t < since - 5.0:
                     break  # keys are append order; records' own times lag them by batching only

@@ -7,6 +7,8 @@ import threading
 
 import pytest
 
+from aiosd import protocol
+from aiosd.audit import AuditBuffer
 from aiosd.errors import AiosError
 from aiosd.group_commit import GroupCommitWriter
 from aiosd.storage_db import StorageDB, check_path
@@ -175,6 +177,20 @@ def test_audit_append_order_and_query(tmp_path):
     assert db.audit_query(name="n0", limit=1)[0]["t"] == 128.0
     db.close()
 
+
+
+def test_audit_records_arrive_packed_and_a_bad_one_does_not_break_queries(db):
+    """The kernel's AuditBuffer sends records packed; storage appends the bytes as they are."""
+    buf = AuditBuffer()
+    buf.add({"t": 1.0, "aid": 3, "name": "p", "call": "sto_read", "code": "OK"})
+    buf.add({"t": 2.0, "aid": 4, "name": "q", "call": "sto_write", "code": "OK"})
+    packed = buf.take()
+    assert all(isinstance(r, bytes) for r in packed) and not buf.records
+    db.write_now(db.audit_op([*packed, b"\xc1 not msgpack", protocol.pack([1, 2])]))
+    recs = db.audit_query(limit=10)
+    assert [(r["aid"], r["call"]) for r in recs[:2]] == [(3, "sto_read"), (4, "sto_write")]
+    assert [r["code"] for r in recs[2:]] == ["EBADMSG", "EBADMSG"]
+    assert [r["aid"] for r in db.audit_query(aid=4)] == [4]
 
 def test_raw_dbs(db):
     db.write_now(db.raw_put_op("snapshots", b"k1", {"a": b"kv"}))

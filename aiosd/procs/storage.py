@@ -297,7 +297,7 @@ class StorageManager(Manager):
                                                call=a.get("call"), limit=int(a.get("limit") or 1000))}
 
     def handle_audit(self, req: Request) -> Any:
-        records = [r for r in req.args["records"] if isinstance(r, dict)]
+        records = [r for r in req.args["records"] if isinstance(r, (bytes, dict))]
         return self.queue_op(req, self.db.audit_op(records))
 
     def handle_proc_save(self, req: Request) -> Any:
