@@ -178,7 +178,6 @@ def test_audit_append_order_and_query(tmp_path):
     db.close()
 
 
-
 def test_audit_records_arrive_packed_and_a_bad_one_does_not_break_queries(db):
     """The kernel's AuditBuffer sends records packed; storage appends the bytes as they are."""
     buf = AuditBuffer()
