@@ -71,7 +71,8 @@ class StorageManager(Manager):
 
     def commit_now(self, ops: list) -> list:
         """Commit `ops` through the committer thread (so every write goes through one place) and
-        wait; returns their results or AiosErrors, answering whatever else was queued."""
+        wait, answering whatever else was queued; returns their results, or raises the first
+        AiosError among them."""
         tokens = [object() for _ in ops]
         for tok, op in zip(tokens, ops, strict=True):
             self.writer.submit(tok, op)
@@ -79,7 +80,11 @@ class StorageManager(Manager):
         done = self.writer.flush()
         self.answer([(rid, res) for rid, res in done if id(rid) not in mine])
         results = {id(rid): res for rid, res in done if id(rid) in mine}
-        return [results[id(t)] for t in tokens]
+        out = [results[id(t)] for t in tokens]
+        for res in out:
+            if isinstance(res, AiosError):
+                raise res
+        return out
 
     def answer(self, done: list) -> None:
         for rid, res in done:
@@ -252,9 +257,7 @@ class StorageManager(Manager):
         snap = {"id": sid, "label": req.args.get("label") or "", "time": time.time(), "aid": req.aid,
                 "memory": memory, "context": context, "files": files}
         key = ns.encode() + b"\0" + sid.encode()
-        for res in self.commit_now([self.db.raw_put_op("agent_snaps", key, snap)]):
-            if isinstance(res, AiosError):
-                raise res
+        self.commit_now([self.db.raw_put_op("agent_snaps", key, snap)])
         return {"snapshot": sid, "records": len(memory), "files": len(files), "context": context is not None}
 
     def handle_snapshot_restore(self, req: Request) -> Any:
@@ -269,9 +272,7 @@ class StorageManager(Manager):
                 same = False
             if not same:  # rollback is a new version, so the rolled-over one stays readable
                 ops.append(self.db.write_op(ns, path, data))
-        for res in self.commit_now(ops):
-            if isinstance(res, AiosError):
-                raise res
+        self.commit_now(ops)
         self.call("_mem_load", {"aid": req.aid, "records": snap["memory"]})
         restored_ctx = False
         if snap.get("context") is not None:
