@@ -1,4 +1,5 @@
-"""Tool calls in model output, and the prompt that offers tools to a model (pure functions).
+"""Tool calls in model output, the prompt that offers tools to a model, and what the llm
+manager does with both (pure functions).
 
 SmolLM2's chat template has no tools section, so tools go into the system message the
 way SmolLM2-Instruct was trained for function calling: schemas inside <tools>...</tools>
@@ -14,6 +15,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
+
+from aiosd.errors import AiosError
 
 TAG = re.compile(r"<tool_call>(.*?)(?:</tool_call>|$)", re.S)
 FENCE = re.compile(r"```(?:json)?\s*(.*?)```", re.S)
@@ -117,3 +120,43 @@ def parse_tool_calls(text: str, tool_names: Iterable[str] | None = None) -> Pars
             return out
     out.content = text.strip()
     return out
+
+
+# ---- what the llm manager does with them ---------------------------------------------------
+def check_tools(tools: Any) -> list[dict] | None:
+    """OpenAI function schemas, or EINVAL; None when no tools are offered."""
+    if not tools:
+        return None
+    if not isinstance(tools, list):
+        raise AiosError("EINVAL", "tools must be a list of function schemas")
+    for i, t in enumerate(tools):
+        fn = t.get("function", t) if isinstance(t, dict) else None
+        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
+            raise AiosError("EINVAL", f"tools[{i}] must be a function schema with a name")
+    return tools
+
+
+def tool_names(tools: list[dict]) -> list[str]:
+    return [t.get("function", t)["name"] for t in tools]
+
+
+def offer_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
+    """The messages with the tools offered in the system message: SmolLM2's chat template
+    ignores `tools`, so the model only sees them if the prompt says so."""
+    if not tools:
+        return messages
+    offer = tools_prompt(tools)
+    if messages and messages[0]["role"] == "system":
+        return [{**messages[0], "content": messages[0]["content"] + "\n\n" + offer}, *messages[1:]]
+    return [{"role": "system", "content": offer}, *messages]
+
+
+def split_tool_calls(text: str, names: list[str] | None) -> tuple[str, list[dict], list[str]]:
+    """(content, OpenAI-form tool calls, unreadable calls) of a reply; a reply with no call
+    keeps its text exactly as generated."""
+    if names is None:
+        return text, [], []
+    parsed = parse_tool_calls(text, names)
+    if not parsed.calls and not parsed.errors:
+        return text, [], []
+    return parsed.content, parsed.calls, parsed.errors

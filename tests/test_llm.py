@@ -131,7 +131,7 @@ FEW_SHOT = [{"role": "user", "content": "What is the weather in London?"},
 
 
 def test_tools_are_offered_in_the_system_message_and_calls_split_out():
-    from aiosd.procs.llm import offer_tools, split_tool_calls
+    from aiosd.toolcalls import offer_tools, split_tool_calls
     plain = [{"role": "user", "content": "hi"}]
     assert offer_tools(plain, None) is plain
     sys_first = offer_tools([{"role": "system", "content": "Be brief."}, *plain], [WEATHER])

@@ -16,12 +16,13 @@ from typing import Any
 
 from aiosd import context as cx
 from aiosd import kv_shm
-from aiosd import toolcalls
 from aiosd.errors import AiosError
 from aiosd.llm_openai import RemoteBackend, RemoteChat
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
+from aiosd.procs.llm_context import ContextCalls
 from aiosd.runner import Runner
 from aiosd.scheduler import POLICIES, Scheduler
+from aiosd.toolcalls import check_tools, offer_tools, split_tool_calls, tool_names
 
 log = logging.getLogger("aiosd")
 
@@ -45,46 +46,7 @@ class Job:
     extra: dict = field(default_factory=dict)
 
 
-def check_tools(tools: Any) -> list[dict] | None:
-    """OpenAI function schemas, or EINVAL; None when no tools are offered."""
-    if not tools:
-        return None
-    if not isinstance(tools, list):
-        raise AiosError("EINVAL", "tools must be a list of function schemas")
-    for i, t in enumerate(tools):
-        fn = t.get("function", t) if isinstance(t, dict) else None
-        if not isinstance(fn, dict) or not isinstance(fn.get("name"), str) or not fn["name"]:
-            raise AiosError("EINVAL", f"tools[{i}] must be a function schema with a name")
-    return tools
-
-
-def tool_names(tools: list[dict]) -> list[str]:
-    return [t.get("function", t)["name"] for t in tools]
-
-
-def offer_tools(messages: list[dict], tools: list[dict] | None) -> list[dict]:
-    """The messages with the tools offered in the system message: SmolLM2's chat template
-    ignores `tools`, so the model only sees them if the prompt says so."""
-    if not tools:
-        return messages
-    offer = toolcalls.tools_prompt(tools)
-    if messages and messages[0]["role"] == "system":
-        return [{**messages[0], "content": messages[0]["content"] + "\n\n" + offer}, *messages[1:]]
-    return [{"role": "system", "content": offer}, *messages]
-
-
-def split_tool_calls(text: str, names: list[str] | None) -> tuple[str, list[dict], list[str]]:
-    """(content, OpenAI-form tool calls, unreadable calls) of a reply; a reply with no call
-    keeps its text exactly as generated."""
-    if names is None:
-        return text, [], []
-    parsed = toolcalls.parse_tool_calls(text, names)
-    if not parsed.calls and not parsed.errors:
-        return text, [], []
-    return parsed.content, parsed.calls, parsed.errors
-
-
-class LlmManager(RemoteChat, Manager):
+class LlmManager(ContextCalls, RemoteChat, Manager):
     name = "llm"
 
     def setup(self) -> None:
@@ -123,19 +85,6 @@ class LlmManager(RemoteChat, Manager):
         warm.run_all()
 
     # helpers
-    def _ctx(self, aid: int, strategy: str | None = None) -> cx.AgentContext:
-        """aid's context, made on first use (by any call) with the strategy its spawn asked for."""
-        c = self.contexts.get(aid)
-        if c is None:
-            c = self.contexts[aid] = cx.AgentContext(window=min(self.cfg.context_window, self.max_context),
-                                                     strategy=strategy or self.cfg.context_strategy)
-        return c
-
-    def _ntok(self, messages: list[dict]) -> int:
-        if self.remote is not None:  # the server's tokenizer is not ours: a rough count (4 chars a token)
-            return sum(len(m.get("content") or "") for m in messages) // 4 + 4 * len(messages)
-        return len(self.engine.encode_chat(messages))
-
     def _spill(self, sid: str, blob: bytes) -> None:
         self.call("_sto_put", {"db": "snapshots", "key": sid.encode(), "value": blob})
 
@@ -244,48 +193,6 @@ class LlmManager(RemoteChat, Manager):
         job.text = self.engine.decode(seq.generated)
         job.sent = len(job.text)
         return DEFERRED
-
-    def handle_get_context(self, req: Request) -> Any:
-        aid = int(req.args["aid"]) if req.args.get("aid") is not None else req.aid
-        c = self._ctx(aid, req.ctx.get("context_strategy") if aid == req.aid else None)
-        return {"messages": c.messages, "tokens": self._ntok(c.messages) if c.messages else 0,
-                "window": c.window, "strategy": c.strategy}
-
-    def handle_set_context(self, req: Request) -> Any:
-        msgs = cx.check_messages(req.args.get("messages"))
-        c = self._ctx(req.aid, req.ctx.get("context_strategy"))
-        n = self._ntok(msgs)
-        if len(msgs) == 1 and n > c.window:
-            raise AiosError("EINVAL", f"one message of {n} tokens exceeds the window of {c.window}")
-        c.messages = msgs
-        return {"tokens": n}
-
-    def handle_clr_context(self, req: Request) -> Any:
-        self._ctx(req.aid, req.ctx.get("context_strategy")).messages = []
-        return True
-
-    def handle_exp_context(self, req: Request) -> Any:
-        c = self._ctx(req.aid, req.ctx.get("context_strategy"))
-        size = int(req.args["size"])
-        if size > self.max_context:
-            raise AiosError("EINVAL", f"the model's limit is {self.max_context} tokens")
-        c.window = max(c.window, size)
-        return {"window": c.window}
-
-    def handle_ctx_dump(self, req: Request) -> Any:
-        c = self.contexts.get(int(req.args["aid"]))
-        return None if c is None else {"messages": c.messages, "window": c.window, "strategy": c.strategy}
-
-    def handle_ctx_load(self, req: Request) -> Any:
-        aid, data = int(req.args["aid"]), req.args.get("context")
-        if not data:
-            self.contexts.pop(aid, None)
-            return True
-        c = self._ctx(aid)
-        c.messages = cx.check_messages(data["messages"]) if data.get("messages") else []
-        c.window = int(data.get("window", c.window))
-        c.strategy = data.get("strategy", c.strategy)
-        return True
 
     # the step loop
     def tick(self) -> float | None:
