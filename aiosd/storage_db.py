@@ -276,8 +276,8 @@ class StorageDB(StorageReader):
         check_ns(ns)
         check_path(path)
         blob = as_bytes(data)
-        # keys and handles made here, by the manager's loop: the op runs on the committer
-        # thread, whose time per batch is what bounds a write-heavy load
+        # keys and handles made here, as the request is parsed: the op runs inside the batch's
+        # transaction, whose time is what bounds a write-heavy load
         key, files, index = fkey(ns, path), self.db["files"], self.db["index"]
 
         def op(txn) -> dict:

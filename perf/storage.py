@@ -6,6 +6,11 @@ a second daemon), sto_read/s from the same 16 agents, and the p50 of a 1 KiB mem
 three workloads take turns for --rounds rounds; each figure is the median over the rounds.
 Targets (issue 6): >= 5,000 writes/s, >= 3x per-write sync, >= 10,000 reads/s,
 mem_read p50 <= 300 us.
+
+Beside them, the ceiling of this machine in the same rounds (perf/_bare_relay.py): 16 bare
+ZeroMQ clients doing 1 KiB round trips through a broker to an echo server (the two hops of a
+forwarded sto_write, with no logic and no disk), and straight to one (the one hop of a
+sto_read the kernel serves).
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import time
 from pathlib import Path  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a script from anywhere
 
+from perf._bare_relay import bare_relay  # noqa: E402
 from perf._harness import Daemon, markdown_table, parse_args, percentile, plot_bars, write_json  # noqa: E402
 
 WRITERS = 16
@@ -115,22 +121,34 @@ def main() -> None:
             base.wait_idle()
             r, read_cpu = run_agents(d, "read", reads)
             d.wait_idle()
+            two, one = bare_relay(WRITERS, reads, hops=2), bare_relay(WRITERS, reads, hops=1)
             per_round.append({"writes_per_s": w, "per_write_sync_writes_per_s": b, "reads_per_s": r,
                               "group_commit_speedup": w / b, "cpu_us_per_write": write_cpu,
-                              "cpu_us_per_read": read_cpu})
+                              "cpu_us_per_read": read_cpu,
+                              "bare_two_hops_per_s": two["round_trips_per_s"],
+                              "bare_one_hop_per_s": one["round_trips_per_s"],
+                              "bare_cpu_us": {"two_hops": two["cpu_us"], "one_hop": one["cpu_us"]}})
             print(f"round {len(per_round)}: {w:,.0f} writes/s, {b:,.0f} per-write sync ({w / b:.1f}x), "
-                  f"{r:,.0f} reads/s", flush=True)
+                  f"{r:,.0f} reads/s; bare ZeroMQ {two['round_trips_per_s']:,.0f} two hops, "
+                  f"{one['round_trips_per_s']:,.0f} one hop", flush=True)
         lat, kernel_only = mem_read_latency(d, 2000 if args.quick else 20000)
     mid = sorted(per_round, key=lambda x: x["writes_per_s"])[len(per_round) // 2]  # its CPU table
-    writes_per_s, per_write_sync, reads_per_s, speedup = (
+    writes_per_s, per_write_sync, reads_per_s, speedup, bare_two, bare_one = (
         statistics.median(x[k] for x in per_round)
-        for k in ("writes_per_s", "per_write_sync_writes_per_s", "reads_per_s", "group_commit_speedup"))
+        for k in ("writes_per_s", "per_write_sync_writes_per_s", "reads_per_s", "group_commit_speedup",
+                  "bare_two_hops_per_s", "bare_one_hop_per_s"))
     write_cpu, read_cpu = mid["cpu_us_per_write"], mid["cpu_us_per_read"]
     res = {"writers": WRITERS, "writes_per_s": writes_per_s, "per_write_sync_writes_per_s": per_write_sync,
            "reads_per_s": reads_per_s, "mem_read_p50_s": percentile(lat, 50),
            "mem_read_p99_s": percentile(lat, 99),
            "get_status_p50_s": percentile(kernel_only, 50), "group_commit_speedup": speedup,
-           "cpu_us_per_write": write_cpu, "cpu_us_per_read": read_cpu, "rounds": per_round,
+           "cpu_us_per_write": write_cpu, "cpu_us_per_read": read_cpu,
+           "bare_two_hops_per_s": bare_two, "bare_one_hop_per_s": bare_one,
+           "writes_vs_bare_two_hops": statistics.median(x["writes_per_s"] / x["bare_two_hops_per_s"]
+                                                        for x in per_round),
+           "reads_vs_bare_one_hop": statistics.median(x["reads_per_s"] / x["bare_one_hop_per_s"]
+                                                      for x in per_round),
+           "rounds": per_round,
            "writes_per_agent": writes, "quick": args.quick}
     write_json("storage", res)
     print(markdown_table(["figure", "measured", "target"], [
@@ -138,6 +156,10 @@ def main() -> None:
         ["durable sto_write/s, one synced txn per write", f"{per_write_sync:,.0f}", "baseline"],
         ["group commit / per-write sync (median of the rounds' ratios)", f"{speedup:.1f}x", ">= 3x"],
         ["sto_read/s, 16 agents", f"{reads_per_s:,.0f}", ">= 10,000"],
+        ["bare ZeroMQ 1 KiB round trips/s, 16 clients, two hops (broker + echo)", f"{bare_two:,.0f}", "ceiling"],
+        ["bare ZeroMQ 1 KiB round trips/s, 16 clients, one hop (echo)", f"{bare_one:,.0f}", "ceiling"],
+        ["durable writes / bare two hops", f"{res['writes_vs_bare_two_hops']:.2f}", ""],
+        ["reads / bare one hop", f"{res['reads_vs_bare_one_hop']:.2f}", ""],
         ["mem_read 1 KiB p50", f"{res['mem_read_p50_s'] * 1e6:.0f} us", "<= 300 us"],
         ["mem_read 1 KiB p99", f"{res['mem_read_p99_s'] * 1e6:.0f} us", ""],
         ["get_status p50 (kernel only, same run)", f"{res['get_status_p50_s'] * 1e6:.0f} us", "baseline"],

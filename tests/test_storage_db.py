@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import select
-import threading
 
 import pytest
 
@@ -107,34 +105,20 @@ def test_group_commit_one_transaction_per_flush(db):
     assert db.list("small") == []
 
 
-def test_writes_arriving_during_a_commit_form_the_next_batch(db):
-    """The committer thread works while the caller keeps queueing: what arrives meanwhile is
-    one further transaction, answered in arrival order once its sync is done."""
-    w = GroupCommitWriter(db, group=True)
-    entered, release = threading.Event(), threading.Event()
-
-    def slow(txn):  # stands for a commit whose sync takes a while
-        entered.set()
-        assert release.wait(10)
-        return "first"
-
+def test_collect_commits_what_is_queued_as_one_batch(db):
+    """The manager's loop queues what one drain received, then collects: one transaction for
+    all of it, answered in arrival order; what is queued afterwards is the next batch."""
+    w = GroupCommitWriter(db, group=True, max_batch=4)
     before = db.commits
-    w.submit("slow", slow)
-    assert w.collect() == []  # starts the batch, answers nothing yet
-    assert entered.wait(10)
-    for i in range(10):
+    assert w.collect() == [] and db.commits == before  # nothing queued: no empty transaction
+    for i in range(6):
         w.submit(i, db.write_op("a", f"f{i}", b"x%d" % i))
-    assert w.collect() == [] and len(w) == 11  # still committing: nothing answered, nothing lost
-    release.set()
-    assert select.select([w.wake_fd], [], [], 10)[0], "a finished batch must wake the loop"
-    assert not w.idle, "answers not yet collected: the loop must still collect them"
-    done = w.collect()  # the first batch's answer; the ten start as one batch
-    assert done == [("slow", "first")]
-    done += w.flush()
-    assert [t for t, _ in done] == ["slow", *range(10)]
-    assert db.commits == before + 2
-    assert db.read("a", "f9")["data"] == b"x9"
-    w.close()
+    assert [t for t, _ in w.collect()] == [0, 1, 2, 3]  # max_batch bounds one transaction
+    assert db.commits == before + 1 and len(w) == 2 and not w.idle
+    w.submit(6, db.write_op("a", "f6", b"x6"))
+    assert [t for t, _ in w.collect()] == [4, 5, 6]
+    assert db.commits == before + 2 and w.idle
+    assert db.read("a", "f6")["data"] == b"x6"
 
 
 def test_a_failing_commit_reaches_the_caller(db):
@@ -148,7 +132,6 @@ def test_a_failing_commit_reaches_the_caller(db):
         w.flush()
     w.submit("y", db.write_op("a", "ok", b"1"))  # the writer still works afterwards
     assert [t for t, _ in w.flush()] == ["y"]
-    w.close()
 
 
 def test_per_write_mode_commits_each(db):

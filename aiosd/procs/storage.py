@@ -2,8 +2,8 @@
 
 Every mutating call is queued (DEFERRED) and answered from `tick()` after the batch it
 belongs to is committed and synced: writes that arrive together share one transaction
-and one sync (group commit, aiosd/group_commit.py, on a committer thread so that the loop
-keeps receiving while the disk syncs), and no write is acknowledged before it is durable.
+and one sync (group commit, aiosd/group_commit.py: what ZeroMQ received while one batch
+synced is the next), and no write is acknowledged before it is durable.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ class StorageManager(Manager):
                             versions_kept=cfg.versions_kept, default_quota=cfg.storage_quota,
                             sync=cfg.storage_sync)
         self.writer = GroupCommitWriter(self.db, group=cfg.group_commit, max_batch=cfg.storage_max_batch)
-        self.wake_fds = [self.writer.wake_fd]
         self.embedder = Embedder(threads=1)
         self.pool = ThreadPoolExecutor(1, thread_name_prefix="retrieve")
         self.done: queue.Queue = queue.Queue()   # (req id, result, error) from retrieval jobs
@@ -70,9 +69,8 @@ class StorageManager(Manager):
         self.answer(self.writer.flush())
 
     def commit_now(self, ops: list) -> list:
-        """Commit `ops` through the committer thread (so every write goes through one place) and
-        wait, answering whatever else was queued; returns their results, or raises the first
-        AiosError among them."""
+        """Commit `ops` through the writer (so every write goes through one place), answering
+        whatever else was queued; returns their results, or raises the first AiosError among them."""
         tokens = [object() for _ in ops]
         for tok, op in zip(tokens, ops, strict=True):
             self.writer.submit(tok, op)
@@ -108,8 +106,10 @@ class StorageManager(Manager):
             else:
                 self.reply(rid, result)
         if not self.writer.idle:
-            self.answer(self.writer.collect())  # also starts the next batch
+            self.answer(self.writer.collect())
         wait = 0.005 if self.jobs else None
+        if not self.writer.idle:  # more than one batch was queued: the rest after the next drain
+            wait = 0
         if self.writer.idle and self.db.blobs.backlog:
             # Dropped versions are freed, oldest first, once writing pauses for a while or
             # when many wait: freeing each as soon as the writer is idle would add a synced
@@ -168,7 +168,6 @@ class StorageManager(Manager):
 
     def shutdown(self) -> None:
         self.flush()
-        self.writer.close()
         w = self.writer
         logging.getLogger("aiosd").info("storage: %d ops in %d synced batches (%.1f per batch), %.1f s committing",
                                         w.ops, w.batches, w.ops / max(w.batches, 1), w.busy_s)
