@@ -62,7 +62,6 @@ class Manager:
         self._last_rx = time.monotonic()
         self._last_hb = 0.0
         self._out: list[bytes] | None = [] if self.batch_replies else None
-        self.wake_fds: list[int] = []  # set in setup(): fds that end the poll early (tick() reads them)
 
     # hooks for subclasses
     def setup(self) -> None:
@@ -191,8 +190,6 @@ class Manager:
         poller = zmq.Poller()  # one for the life of the loop: Socket.poll builds one per call
         poller.register(self.sock, zmq.POLLIN)
         self.setup()
-        for fd in self.wake_fds:
-            poller.register(fd, zmq.POLLIN)
         self.send({"hello": self.name, "pid": os.getpid()})
         self.flush_out()
         self.setup_background()
@@ -209,9 +206,9 @@ class Manager:
             hb = self.cfg.heartbeat_s
             timeout = hb if timeout is None else min(timeout, hb)
             if poller.poll(int(timeout * 1000)):
-                # drain everything pending before the next tick (the poll may have ended for a
-                # wake fd only); EVENTS is asked before each frame because ending on zmq.Again
-                # costs more than serving a request
+                # drain everything pending before the next tick (storage commits what one drain
+                # received as one batch); EVENTS is asked before each frame because ending on
+                # zmq.Again costs more than serving a request
                 while self.sock.get(EVENTS) & POLLIN:
                     try:
                         raw = self.sock.recv(NOBLOCK)
