@@ -9,8 +9,8 @@ is the next batch, so batches grow with the load by themselves.
 Why not a committer thread, which would parse the next requests while the disk syncs: on
 this 2-core machine its two thread hand-offs a batch and the GIL traffic between the threads
 cost more than the overlap gave. Under 16 writers the storage process spent ~25% less CPU
-per write without it and wrote ~10% more per second (2026-11-23, interleaved A/B, 10 pairs;
-perf/README).
+per write without it and the daemon wrote 6-10% more per second (2026-11-23, two series of
+10 interleaved A/B pairs; perf/README).
 """
 
 from __future__ import annotations
