@@ -31,12 +31,13 @@ from aiosd.errors import AiosError
 from aiosd.gate import Gate
 from aiosd.kernel_attach import AttachCalls
 from aiosd.kernel_calls import KernelCalls
+from aiosd.kernel_life import Lifecycle
 from aiosd.kernel_link import ManagerLink, Pending
 from aiosd.kernel_reads import LOCAL_READS, LocalReads
 from aiosd.limits import LLM_CALLS, LlmLimits
 from aiosd.proctable import ProcessTable
 from aiosd.ratelimit import TokenBucket
-from aiosd.supervisor import MgrState, Supervisor
+from aiosd.supervisor import Supervisor
 from aiosd.syscalls import SYSCALLS, Syscall
 
 log = logging.getLogger("aiosd")
@@ -47,7 +48,7 @@ NOBLOCK, SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 WAITING_CALLS = {"llm_chat", "gen_restore", "tool_call", "wait_agent"}
 
 
-class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads):
+class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.table = ProcessTable()
@@ -259,86 +260,6 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads):
             body = protocol.ok(req_id, result)
         self.front.send(ident, SNDMORE)
         self.front.send(protocol.pack_msg(body, self.cfg.shm_threshold))
-
-    # ---- children -----------------------------------------------------------------------
-    def reap(self) -> None:
-        while True:
-            try:
-                pid, status, usage = os.wait4(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
-            code = os.waitstatus_to_exitcode(status)
-            m = self.sup.died(pid, code)
-            if m is not None:
-                self.carrier_died(pid, code)
-                self.manager_died(m, code)
-                continue
-            self.agent_died(pid, code, usage.ru_utime + usage.ru_stime, usage.ru_maxrss * 1024)
-
-    def housekeeping(self) -> None:
-        if self.sup.stopping:
-            return
-        for m in self.sup.due():
-            self.sup.restart(m)
-        now = time.time()
-        for m in self.sup.procs.values():
-            # ping on a clock of our own: a manager that talks a lot must still hear from us
-            if m.state == MgrState.RUNNING and m.ident is not None and now - m.last_ping >= self.cfg.heartbeat_s:
-                m.last_ping = now
-                self.post(m.ident, protocol.pack({"hb": 1}))
-        for m in self.sup.hung(max(10.0, self.cfg.heartbeat_s * self.cfg.heartbeat_liveness * 10)):
-            log.error("manager %s stopped answering; killing it", m.name)
-            os.kill(m.pid, signal.SIGKILL)
-        if self.held:
-            expired = [h for h in self.held if h[0] <= now]
-            self.held = [h for h in self.held if h[0] > now]
-            for _, mgr, msg in expired:
-                self.fail_pending(msg, "EIO", f"manager {mgr.decode()} did not come back in time")
-        self.expire_waiters(now)
-        if self.mem_touches:
-            self.flush_mem_touches()
-        if self.audit.due():
-            self.flush_audit()
-
-    # ---- stop ---------------------------------------------------------------------------
-    def begin_stop(self) -> None:
-        self.running = False
-
-    def shutdown(self) -> None:
-        log.info("stopping: agents first")
-        self.stop_agents()
-        self.flush_audit()
-        self.flush_posts()
-        deadline = time.time() + 2.0
-        while any(p.call == "_audit" for p in self.pending.values()) and time.time() < deadline:
-            if self.back.poll(50):
-                self.drain(self.back, self.on_backend)
-            self.flush_posts()
-        log.info("stopping: managers")
-        self.sup.stopping = True
-        self.sup.signal_all(signal.SIGTERM)
-        self.wait_children(lambda: bool(self.sup.alive()), self.cfg.stop_timeout_s)
-        for m in self.sup.alive():
-            os.kill(m.pid, signal.SIGKILL)
-        self.wait_children(lambda: bool(self.sup.alive()), 2.0)
-        for name in ("kernel.sock", "backend.sock", "root.token", "aiosd.pid"):
-            try:
-                (self.cfg.run_dir / name).unlink()
-            except FileNotFoundError:
-                pass
-        self.front.close(0)
-        self.back.close(0)
-        self.zap.close(0)
-        self.ctx.term()
-        log.info("stopped")
-
-    def wait_children(self, pending, timeout: float) -> None:
-        deadline = time.time() + timeout
-        while pending() and time.time() < deadline:
-            time.sleep(0.02)
-            self.reap()
 
 
 def acquire_lock(cfg: Config):
