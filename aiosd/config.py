@@ -9,6 +9,9 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from aiosd.errors import AiosError
+from aiosd.scheduler import POLICIES
+
 
 def default_home() -> Path:
     return Path(os.environ.get("AIOS_HOME") or Path.home() / ".aios")
@@ -16,6 +19,46 @@ def default_home() -> Path:
 
 def default_model_cache() -> Path:
     return Path(os.environ.get("AIOS_MODEL_CACHE") or Path.home() / ".cache" / "aiosd" / "models")
+
+
+# Values a setting may take; anything else is refused when the daemon starts or `aiosd set`
+# changes it, instead of surfacing later as a manager that keeps dying or silently weaker
+# durability (storage_sync used to treat any unknown word as "data").
+CHOICES = {
+    "engine": ("auto", "transformers", "llamacpp"),
+    "device": ("auto", "cpu", "cuda"),
+    "llm_backend": ("local", "openai"),
+    "scheduler": POLICIES,
+    "context_strategy": ("truncate", "summarize"),
+    "memory_policy": ("evict", "fail"),
+    "storage_sync": ("full", "data"),
+}
+# counts, sizes, rates and timeouts that stall or refuse everything at 0 or below
+POSITIVE = frozenset({
+    "quantum", "max_batch", "max_batch_tokens", "prefill_chunk", "context_window", "shm_threshold",
+    "max_frame", "heartbeat_s", "heartbeat_liveness", "fatal_after", "start_timeout_s",
+    "versions_kept", "syscall_rate", "max_queued_llm", "rlimit_nofile", "storage_map_size",
+    "storage_max_batch", "llm_timeout_s", "llm_remote_workers", "llm_remote_per_agent", "tool_pool",
+    "tool_timeout_s", "tool_nofile"})
+# the same where 0 means none, unlimited or the default
+NON_NEGATIVE = frozenset({
+    "snapshot_budget_bytes", "torch_threads", "restart_backoff_s", "restart_backoff_max_s",
+    "quick_death_s", "stop_timeout_s", "memory_quota", "storage_quota", "llm_tokens_per_min",
+    "rlimit_as", "rlimit_cpu", "rlimit_nproc", "prefix_cache_bytes", "max_children", "tool_workers",
+    "tool_queue"})
+
+
+def check_value(key: str, value: Any, origin: str = "") -> None:
+    """EINVAL, naming the setting and where it came from, for a value it may not take."""
+    where = f" (from {origin})" if origin else ""
+    if key == "device" and isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
+        return  # one GPU of several, as torch names it
+    if key in CHOICES and value not in CHOICES[key]:
+        raise AiosError("EINVAL", f"{key} must be one of {', '.join(CHOICES[key])}, not {value!r}{where}")
+    if key in POSITIVE and not value > 0:
+        raise AiosError("EINVAL", f"{key} must be above 0, not {value!r}{where}")
+    if key in NON_NEGATIVE and not value >= 0:
+        raise AiosError("EINVAL", f"{key} must be 0 or more, not {value!r}{where}")
 
 
 @dataclass
@@ -133,8 +176,17 @@ class Config:
         return cfg
 
 
-def _coerce(cfg: Config, key: str, value: Any) -> Any:
-    current = getattr(cfg, key)
+def _coerce(cfg: Config, key: str, value: Any, origin: str = "") -> Any:
+    try:
+        return _convert(getattr(cfg, key), value)
+    except (TypeError, ValueError):
+        kind = type(getattr(cfg, key)).__name__
+        where = f" (from {origin})" if origin else ""
+        raise AiosError("EINVAL", f"{key} must be {'an' if kind == 'int' else 'a'} {kind}, not {value!r}{where}") \
+            from None
+
+
+def _convert(current: Any, value: Any) -> Any:
     if isinstance(current, Path):
         return Path(value).expanduser()
     if isinstance(current, bool):
@@ -151,25 +203,35 @@ def _coerce(cfg: Config, key: str, value: Any) -> Any:
 
 
 def load(overrides: dict | None = None, home: str | Path | None = None) -> Config:
-    """Build the config: defaults < $AIOS_HOME/config.toml < AIOS_* env < overrides (flags)."""
+    """Build the config: defaults < $AIOS_HOME/config.toml < AIOS_* env < overrides (flags).
+    A value of the wrong type or out of its range is EINVAL, naming the setting and its source."""
     cfg = Config()
+    origin: dict[str, str] = {}
     if home is not None:
         cfg.home = Path(home).expanduser()
     path = cfg.home / "config.toml"
     if path.exists():
         with open(path, "rb") as fh:
-            data = tomllib.load(fh)
+            try:
+                data = tomllib.load(fh)
+            except tomllib.TOMLDecodeError as exc:
+                raise AiosError("EINVAL", f"{path}: {exc}") from None
         for k, v in data.items():
             if k == "tools" and isinstance(v, dict):
                 cfg.tools = v
             elif hasattr(cfg, k):
-                setattr(cfg, k, _coerce(cfg, k, v))
+                origin[k] = str(path)
+                setattr(cfg, k, _coerce(cfg, k, v, origin[k]))
     for f in dataclasses.fields(cfg):
         env = os.environ.get("AIOS_" + f.name.upper())
         if env is not None and f.name not in ("home", "tools"):
-            setattr(cfg, f.name, _coerce(cfg, f.name, env))
+            origin[f.name] = "AIOS_" + f.name.upper()
+            setattr(cfg, f.name, _coerce(cfg, f.name, env, origin[f.name]))
     for k, v in (overrides or {}).items():
         if v is not None and hasattr(cfg, k):
-            setattr(cfg, k, _coerce(cfg, k, v))
+            origin[k] = "--" + k.replace("_", "-")
+            setattr(cfg, k, _coerce(cfg, k, v, origin[k]))
+    for f in dataclasses.fields(cfg):
+        check_value(f.name, getattr(cfg, f.name), origin.get(f.name, ""))
     cfg.home = cfg.home.resolve()
     return cfg

@@ -16,11 +16,11 @@ import logging
 import os
 from typing import Any
 
-from aiosd.config import Config
+from aiosd.config import CHOICES, Config
 from aiosd.errors import AiosError
 from aiosd.model import source_of
 
-ENGINES = ("auto", "transformers", "llamacpp")
+ENGINES = CHOICES["engine"]
 log = logging.getLogger("aiosd")
 
 

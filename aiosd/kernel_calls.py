@@ -14,6 +14,7 @@ import subprocess
 import time
 from aiosd import audit, crypto, protocol
 from aiosd.access import Principal, agent_ids
+from aiosd.config import check_value
 from aiosd.errors import AiosError
 from aiosd.limits import check_child
 from aiosd.procfs import proc_stats
@@ -323,8 +324,7 @@ class KernelCalls:
                 clean[key] = kind(value)
             except (TypeError, ValueError):
                 raise AiosError("EINVAL", f"'{key}' must be {kind.__name__}") from None
-        if "scheduler" in clean and clean["scheduler"] not in ("fifo", "rr", "priority"):
-            raise AiosError("EINVAL", "scheduler must be fifo, rr or priority")
+            check_value(key, clean[key])
         for key, value in clean.items():
             setattr(self.cfg, key, value)
         self.llm_limits.tokens_per_min = self.cfg.llm_tokens_per_min

@@ -35,6 +35,25 @@ def test_start_status_stop_and_second_start_refused(make_daemon):
     assert r.returncode != 0 and "not running" in r.stdout
 
 
+def test_bad_settings_refused_in_one_line_and_stop_survives_a_broken_config(make_daemon):
+    d = make_daemon(start=False, storage_sync="nosuch", **NO_MANAGERS)
+    r = d.run_cli("aiosd", "start")
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines() == [
+        f"aiosd: EINVAL: storage_sync must be one of full, data, not 'nosuch' (from {d.home / 'config.toml'})"]
+    assert d.run_cli("aiosd", "status").returncode != 0  # nothing was started
+    (d.home / "config.toml").write_text('managers = ""\n')
+    d.start()
+    r = d.run_cli("aiosd", "set", "max_batch=0")  # at run time, the same checks
+    assert r.returncode != 0 and "max_batch must be above 0" in r.stderr and "Traceback" not in r.stderr
+    assert d.run_cli("aiosd", "set", "quantum=2").returncode == 0
+    kernel = d.pid()
+    (d.home / "config.toml").write_text("quantum = [\n")  # broken while running: stop still works
+    r = d.run_cli("aiosd", "stop")
+    assert r.returncode == 0, r.stderr
+    assert not alive(kernel)
+
+
 def test_cli_against_stopped_daemon_is_one_line(make_daemon):
     d = make_daemon(start=False)
     for prog, args in (("aios-ps", ()), ("aios-kill", ("1",)), ("aios-run", ("--", "true"))):

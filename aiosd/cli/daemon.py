@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from aiosd.cli.common import add_home, daemon_pid, fmt_duration, home_of, root_client, run_command
-from aiosd.config import load
+from aiosd.config import CHOICES, Config, load
 from aiosd.errors import AiosError
 
 FLAGS = {  # flag -> config field
@@ -31,16 +31,16 @@ def parser() -> argparse.ArgumentParser:
     for sp in (start, restart):
         add_home(sp)
         sp.add_argument("--foreground", action="store_true", help="stay attached; log to stderr")
-        sp.add_argument("--scheduler", choices=("fifo", "rr", "priority"))
+        sp.add_argument("--scheduler", choices=CHOICES["scheduler"])
         sp.add_argument("--quantum", type=int, metavar="STEPS")
         sp.add_argument("--max-batch", type=int, metavar="N")
         sp.add_argument("--max-batch-tokens", type=int, metavar="N")
-        sp.add_argument("--engine", choices=("auto", "transformers", "llamacpp"))
+        sp.add_argument("--engine", choices=CHOICES["engine"])
         sp.add_argument("--model", metavar="PATH")
-        sp.add_argument("--device", choices=("auto", "cpu", "cuda"))
+        sp.add_argument("--device", choices=CHOICES["device"])
         sp.add_argument("--dtype")
         sp.add_argument("--http", metavar="HOST:PORT")
-        sp.add_argument("--llm-backend", choices=("local", "openai"))
+        sp.add_argument("--llm-backend", choices=CHOICES["llm_backend"])
         sp.add_argument("--llm-url", metavar="URL")
         sp.add_argument("--context-window", type=int)
         sp.add_argument("--managers", help="comma-separated subset (default: all)")
@@ -179,7 +179,10 @@ def stop(args: argparse.Namespace) -> int:
     if pid is None or not locked(home):
         print(f"aiosd: not running on {home}", file=sys.stderr)
         return 0
-    cfg = load(home=home)
+    try:
+        cfg = load(home=home)
+    except AiosError:  # a config broken since the start must not keep the daemon from stopping
+        cfg = Config(home=home)
     clean = stop_pid(home, pid, cfg.stop_timeout_s * 3 + 5)
     print("aiosd: stopped" if clean else "aiosd: stopped (killed after the timeout)")
     return 0
