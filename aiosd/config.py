@@ -123,7 +123,10 @@ class Config:
 
     # memory and storage managers (issue 6)
     group_commit: bool = True         # one synced LMDB transaction per batch of writes (False: per write)
-    storage_sync: str = "full"        # full: sync data + meta in each commit | data: one env.sync per batch
+    # full: LMDB syncs data, then meta, in each commit | data: one env.sync per batch, faster,
+    # but a power loss during that sync may leave the meta page ahead of its data (LMDB's
+    # MDB_NOSYNC warning); a killed process loses nothing either way
+    storage_sync: str = "full"
     storage_map_size: int = 1 << 32   # initial LMDB map size; doubled on MapFullError
     storage_max_batch: int = 1024     # most writes grouped into one transaction
 
