@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import tomllib
 from dataclasses import dataclass, field, fields
@@ -48,11 +49,40 @@ NON_NEGATIVE = frozenset({
     "tool_queue"})
 
 
+def parse_http(spec: str) -> tuple[str, int]:
+    """'HOST:PORT', '[v6]:PORT', ':PORT' or 'PORT' -> (host, port); no host means loopback."""
+    spec = spec.strip()
+    host, port = "127.0.0.1", spec
+    if spec.startswith("["):
+        host, _, port = spec[1:].partition("]")
+        port = port.lstrip(":")
+    elif ":" in spec:
+        host, _, port = spec.rpartition(":")
+        host = host or "127.0.0.1"
+    if host not in ("localhost",):
+        try:
+            ipaddress.ip_address(host)
+        except ValueError:
+            raise AiosError("EINVAL", f"http: '{host}' is not an IP address") from None
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise AiosError("EINVAL", f"http: '{spec}' wants HOST:PORT with a port from 1 to 65535")
+    return host, int(port)
+
+MANAGERS = ("storage", "memory", "tools", "llm", "gateway")  # aiosd/procs/<name>.py
+
+
 def check_value(key: str, value: Any, origin: str = "") -> None:
     """EINVAL, naming the setting and where it came from, for a value it may not take."""
     where = f" (from {origin})" if origin else ""
     if key == "device" and isinstance(value, str) and value.startswith("cuda:") and value[5:].isdigit():
         return  # one GPU of several, as torch names it
+    if key == "http" and value:
+        try:
+            parse_http(str(value))
+        except AiosError as exc:
+            raise AiosError("EINVAL", exc.message + where) from None
+    if key == "managers" and any(m not in MANAGERS for m in value):
+        raise AiosError("EINVAL", f"managers are some of {', '.join(MANAGERS)}, not {','.join(value)!r}{where}")
     if key in CHOICES and value not in CHOICES[key]:
         raise AiosError("EINVAL", f"{key} must be one of {', '.join(CHOICES[key])}, not {value!r}{where}")
     if key in POSITIVE and not value > 0:

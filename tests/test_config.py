@@ -46,6 +46,9 @@ def test_each_source_is_checked_and_named(tmp_path, monkeypatch, source):
     ("heartbeat_s", 0.0, "above 0"),
     ("memory_quota", -5, "0 or more"),
     ("memory_policy", "forget", "evict, fail"),
+    ("http", "localhost:0", "port from 1 to 65535"),
+    ("http", "example.com:80", "not an IP address"),
+    ("managers", "storage,bogus", "storage, memory, tools, llm, gateway"),
 ])
 def test_out_of_range_values_are_refused(tmp_path, key, value, words):
     msg = einval(load, {key: value}, home=tmp_path)

@@ -11,7 +11,7 @@ import pytest
 from aiosd.errors import AiosError
 from aiosd.gateway import shapes
 from aiosd.gateway.keys import KeyStore, digest
-from aiosd.procs.gateway import parse_http
+from aiosd.config import parse_http
 
 USER = [{"role": "user", "content": "hi"}]
 FN = {"type": "function", "function": {"name": "calculator", "parameters": {"type": "object"}}}

@@ -54,6 +54,16 @@ def test_bad_settings_refused_in_one_line_and_stop_survives_a_broken_config(make
     assert not alive(kernel)
 
 
+def test_a_failed_start_names_the_error_not_the_traceback(tmp_path):
+    from aiosd.cli.daemon import tail
+    log = tmp_path / "llm.log"
+    log.write_text("2026-11-23 llm[7] INFO loading\nTraceback (most recent call last):\n"
+                   '  File "aiosd/engines.py", line 60, in make_engine\n    raise AiosError(...)\n'
+                   "aiosd.errors.AiosError: EUNAVAIL: llama-cpp-python is not installed\n\n")
+    assert tail(log) == f"EUNAVAIL: llama-cpp-python is not installed (see {log})"
+    assert tail(tmp_path / "none.log") == "(no log)"
+
+
 def test_cli_against_stopped_daemon_is_one_line(make_daemon):
     d = make_daemon(start=False)
     for prog, args in (("aios-ps", ()), ("aios-kill", ("1",)), ("aios-run", ("--", "true"))):

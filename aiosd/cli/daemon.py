@@ -128,12 +128,17 @@ def wait_ready(home: Path, proc: subprocess.Popen, timeout: float) -> int:
     return 1
 
 
-def tail(path: Path, lines: int = 3) -> str:
+def tail(path: Path) -> str:
+    """What went wrong, from a log: its last line that is not a traceback's frame or source
+    (a manager that fails its start dies with a traceback), and where to read the rest."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        lines = [ln for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
     except OSError:
         return "(no log)"
-    return " | ".join(text[-lines:])[-600:]
+    for ln in reversed(lines):
+        if not ln.startswith((" ", "\t", "Traceback")):
+            return f"{ln.removeprefix('aiosd.errors.AiosError: ')[-400:]} (see {path})"
+    return f"see {path}"
 
 
 def stop_pid(home: Path, pid: int, timeout: float) -> bool:

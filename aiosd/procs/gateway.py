@@ -9,37 +9,15 @@ the process exits and the kernel restarts it; the agents it carried end with it.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import threading
 import time
 
-from aiosd.config import Config
-from aiosd.errors import AiosError
+from aiosd.config import Config, parse_http
 from aiosd.procs.base import Manager, run_manager
 
 log = logging.getLogger("aiosd")
-
-
-def parse_http(spec: str) -> tuple[str, int]:
-    """'HOST:PORT', '[v6]:PORT', ':PORT' or 'PORT' -> (host, port); no host means loopback."""
-    spec = spec.strip()
-    host, port = "127.0.0.1", spec
-    if spec.startswith("["):
-        host, _, port = spec[1:].partition("]")
-        port = port.lstrip(":")
-    elif ":" in spec:
-        host, _, port = spec.rpartition(":")
-        host = host or "127.0.0.1"
-    if host not in ("localhost",):
-        try:
-            ipaddress.ip_address(host)
-        except ValueError:
-            raise AiosError("EINVAL", f"http: '{host}' is not an IP address") from None
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise AiosError("EINVAL", f"http: '{spec}' wants HOST:PORT with a port from 1 to 65535")
-    return host, int(port)
 
 
 def model_name(cfg: Config) -> str:
