@@ -205,11 +205,12 @@ class Config:
         cfg = cls()
         for k, v in d.items():
             if hasattr(cfg, k):
-                setattr(cfg, k, _coerce(cfg, k, v))
+                setattr(cfg, k, coerce(cfg, k, v))
         return cfg
 
 
-def _coerce(cfg: Config, key: str, value: Any, origin: str = "") -> Any:
+def coerce(cfg: Config, key: str, value: Any, origin: str = "") -> Any:
+    """value as the type of cfg's setting `key`, or EINVAL naming it and where it came from."""
     try:
         return _convert(getattr(cfg, key), value)
     except (TypeError, ValueError):
@@ -254,16 +255,16 @@ def load(overrides: dict | None = None, home: str | Path | None = None) -> Confi
                 cfg.tools = v
             elif hasattr(cfg, k):
                 origin[k] = str(path)
-                setattr(cfg, k, _coerce(cfg, k, v, origin[k]))
+                setattr(cfg, k, coerce(cfg, k, v, origin[k]))
     for f in dataclasses.fields(cfg):
         env = os.environ.get("AIOS_" + f.name.upper())
         if env is not None and f.name not in ("home", "tools"):
             origin[f.name] = "AIOS_" + f.name.upper()
-            setattr(cfg, f.name, _coerce(cfg, f.name, env, origin[f.name]))
+            setattr(cfg, f.name, coerce(cfg, f.name, env, origin[f.name]))
     for k, v in (overrides or {}).items():
         if v is not None and hasattr(cfg, k):
             origin[k] = "--" + k.replace("_", "-")
-            setattr(cfg, k, _coerce(cfg, k, v, origin[k]))
+            setattr(cfg, k, coerce(cfg, k, v, origin[k]))
     for f in dataclasses.fields(cfg):
         check_value(f.name, getattr(cfg, f.name), origin.get(f.name, ""))
     cfg.home = cfg.home.resolve()

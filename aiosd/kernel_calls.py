@@ -14,7 +14,7 @@ import subprocess
 import time
 from aiosd import audit, crypto, protocol
 from aiosd.access import Principal, agent_ids
-from aiosd.config import check_value
+from aiosd.config import check_value, coerce
 from aiosd.errors import AiosError
 from aiosd.limits import check_child
 from aiosd.procfs import proc_stats
@@ -22,8 +22,8 @@ from aiosd.proctable import AgentRow, AgentState
 from aiosd.supervisor import MgrState, child_setup
 
 DEFERRED = object()
-RUNTIME_SETTINGS = {"scheduler": str, "quantum": int, "max_batch": int, "max_batch_tokens": int,
-                    "syscall_rate": float, "context_window": int, "llm_tokens_per_min": int}
+RUNTIME_SETTINGS = ("scheduler", "quantum", "max_batch", "max_batch_tokens", "syscall_rate", "context_window",
+                    "llm_tokens_per_min")
 
 
 class KernelCalls:
@@ -316,15 +316,11 @@ class KernelCalls:
     def k_sys_set(self, caller, args, target, h):
         clean = {}
         for key, value in args["settings"].items():
-            kind = RUNTIME_SETTINGS.get(key)
-            if kind is None:
+            if key not in RUNTIME_SETTINGS:
                 raise AiosError("EINVAL", f"'{key}' cannot be changed at run time "
                                           f"(one of {', '.join(RUNTIME_SETTINGS)})")
-            try:
-                clean[key] = kind(value)
-            except (TypeError, ValueError):
-                raise AiosError("EINVAL", f"'{key}' must be {kind.__name__}") from None
-            check_value(key, clean[key])
+            clean[key] = coerce(self.cfg, key, value, "aiosd set")
+            check_value(key, clean[key], "aiosd set")
         for key, value in clean.items():
             setattr(self.cfg, key, value)
         self.llm_limits.tokens_per_min = self.cfg.llm_tokens_per_min
