@@ -20,6 +20,10 @@ def resolve(agent: str, args: list[str], executable: bool = False) -> tuple[list
         if not os.path.exists(agent):
             raise FileNotFoundError(f"no such agent file: {agent}")
         stem = os.path.splitext(os.path.basename(agent.rstrip("/")))[0]
+        if not agent.endswith(".py") and os.path.isfile(agent) and os.access(agent, os.X_OK):
+            # an executable named by its path runs as itself, as in a shell: a binary or a
+            # script with its own #! line (handing a binary to Python fails on its bytes)
+            return [os.path.abspath(agent), *args], stem
         return [sys.executable, os.path.abspath(agent), *args], stem
     if _MODULE.match(agent):
         try:

@@ -177,6 +177,7 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle)
         req_id = msg.get("id") if isinstance(msg, dict) else None
         if isinstance(req_id, (dict, list)) or (isinstance(req_id, (str, bytes)) and len(req_id) > 128):
             req_id = None
+        row = None
         try:
             if not isinstance(msg, dict) or "call" not in msg:
                 raise AiosError("EPROTO", "a request is a map with 'id', 'call' and 'args'")
@@ -190,6 +191,8 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle)
             if row is not None:
                 self.check_limits(row, sc.name, args)
         except AiosError as exc:
+            if row is not None:
+                row.syscalls += 1  # a refused call is still a call the agent made, as in Linux
             protocol.discard(msg.get("args") if isinstance(msg, dict) else None)
             name = msg.get("call") if isinstance(msg, dict) and isinstance(msg.get("call"), str) else "?"
             self.audit_refused(self.aid_of(ident, user), name[:64], exc.code, t0)

@@ -122,6 +122,17 @@ def test_exit_codes_and_output_propagate(make_daemon):
     assert row["status"] == "EXITED" and row["exit_code"] == 7 and row["syscalls"] >= 1
 
 
+def test_refused_calls_count_as_syscalls(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    aid, agent = d.agent("counted")
+    agent.syscall("get_aid")
+    for call, args in (("no_such_call", {}), ("set_priority", {"priority": "high"}),
+                       ("kill_agent", {"aid": 1 << 40})):
+        with pytest.raises(AiosError):
+            agent.syscall(call, args)
+    assert d.root.syscall("get_status", {"aid": aid})["syscalls"] == 4
+
+
 def test_only_root_or_parent_controls_an_agent(make_daemon):
     d = make_daemon(**NO_MANAGERS)
     a, ca = d.agent("a")

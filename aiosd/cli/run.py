@@ -27,7 +27,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("-e", "--env", action="append", default=[], metavar="K=V")
     p.add_argument("--tools", help="comma-separated tool allowlist")
     p.add_argument("--context-strategy", choices=("truncate", "summarize"))
-    p.add_argument("agent", help="a module (agents.math), a .py file, or -- PROGRAM")
+    p.add_argument("agent", help="a module (agents.math), a .py file, an executable path, or -- PROGRAM")
     p.add_argument("args", nargs=argparse.REMAINDER)
     return p
 
