@@ -36,7 +36,8 @@ class Gate:
             return
         n = self.refusals_counted.pop(aid, 0)
         note = f"{n} earlier refused requests of this caller counted, not recorded one by one" if n else ""
-        self.audit.add(audit.record(aid, "", call, None, code, time.perf_counter() - t0, note))
+        row = self.table.get(aid) if aid > 0 else None  # its name, so that the log says whose call it was
+        self.audit.add(audit.record(aid, row.name if row else "", call, None, code, time.perf_counter() - t0, note))
 
     def identify(self, ident: bytes, user: bytes) -> tuple[Principal, Any]:
         if user == b"root":

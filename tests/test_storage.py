@@ -173,6 +173,15 @@ def test_audit_query_own_records_only(daemon):
     assert code_of(other.syscall, "audit_query", {"aid": aid}) == "EACCES"
     assert code_of(other.syscall, "audit_query", {"name": "sto-audit"}) == "EACCES"
     assert daemon.root.syscall("audit_query", {"aid": aid, "call": "sto_list"})["records"]
+    # a call refused before it reached a manager is recorded under the caller's name too
+    assert code_of(other.syscall, "sto_read", {"path": "x", "owner": "sto-audit"}) == "EACCES"
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        recs = daemon.root.syscall("audit_query", {"name": "sto-audit-other", "call": "sto_read"})["records"]
+        if recs:
+            break
+        time.sleep(0.1)
+    assert recs and recs[0]["code"] == "EACCES"
 
 
 def test_aios_sto_shows_an_agents_files_as_root(daemon):
