@@ -205,13 +205,19 @@ def test_bad_input_gets_errors_and_daemon_keeps_serving(make_daemon):
         d.root.syscall("spawn_agent", {"argv": []})
 
 
-def test_sigkill_of_kernel_leaves_nothing_running(make_daemon):
-    d = make_daemon()
-    aid, _ = d.agent("orphan")
+def test_sigkill_of_kernel_leaves_nothing_running_and_a_new_start_serves(make_daemon):
+    d = make_daemon(managers="storage")
+    aid, agent = d.agent("orphan")
+    agent.syscall("sto_write", {"path": "kept", "data": b"acknowledged"})
     pids = [d.root.syscall("get_status", {"aid": aid})["pid"]]
     pids += [m["pid"] for m in d.root.syscall("sys_status")["managers"]]
     os.kill(d.pid(), signal.SIGKILL)
     wait_for(lambda: not any(alive(p) for p in pids), timeout=10)
+    # what the killed kernel left in run/ (its root token above all) must not stop a new one
+    r = d.run_cli("aiosd", "start", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    d.root = Client(d.home)
+    assert d.run_cli("aios-sto", "cat", "orphan", "kept").stdout == "acknowledged"
 
 
 @pytest.mark.parametrize("name,call,args", [

@@ -85,13 +85,24 @@ def start(args: argparse.Namespace) -> int:
     if args.foreground:
         os.execve(sys.executable, cmd, env)
     log = open(cfg.log_dir / "aiosd.log", "ab")
+    launched = time.time()
     proc = subprocess.Popen(cmd, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
                             start_new_session=True, close_fds=True)
     log.close()
-    return wait_ready(home, proc, args.timeout or cfg.start_timeout_s)
+    return wait_ready(home, proc, args.timeout or cfg.start_timeout_s, launched)
 
 
-def wait_ready(home: Path, proc: subprocess.Popen, timeout: float) -> int:
+def fresh_token(home: Path, since: float) -> bool:
+    """Whether the new kernel has written its root token: a kernel that was SIGKILLed leaves
+    its own behind, which the new kernel refuses. (The file system's clock is coarse, by a
+    few milliseconds: hence the margin.)"""
+    try:
+        return (home / "run" / "root.token").stat().st_mtime >= since - 0.05
+    except FileNotFoundError:
+        return False
+
+
+def wait_ready(home: Path, proc: subprocess.Popen, timeout: float, launched: float = 0.0) -> int:
     deadline = time.time() + timeout
     client = None
     said = set()
@@ -100,12 +111,14 @@ def wait_ready(home: Path, proc: subprocess.Popen, timeout: float) -> int:
         if code is not None:
             print(f"aiosd: the kernel exited with {code}: {tail(home / 'logs' / 'aiosd.log')}", file=sys.stderr)
             return 1
-        if client is None and (home / "run" / "root.token").exists():
+        if client is None and fresh_token(home, launched):
             client = root_client(home, timeout=5.0)
         if client is not None:
             try:
                 st = client.syscall("sys_status")
-            except AiosError:
+            except AiosError as exc:
+                if exc.code == "EACCES":
+                    client = None  # read the token again
                 time.sleep(0.1)
                 continue
             states = {m["name"]: m["state"] for m in st["managers"]}
