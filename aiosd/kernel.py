@@ -21,6 +21,7 @@ import sys
 import time
 from typing import Any
 
+import lmdb
 import zmq
 
 from aiosd import audit, protocol
@@ -36,6 +37,7 @@ from aiosd.kernel_link import ManagerLink, Pending
 from aiosd.kernel_reads import LOCAL_READS, LocalReads
 from aiosd.limits import LLM_CALLS, LlmLimits
 from aiosd.proctable import ProcessTable
+from aiosd.storage_db import saved_agents
 from aiosd.ratelimit import TokenBucket
 from aiosd.supervisor import Supervisor
 from aiosd.syscalls import SYSCALLS, Syscall
@@ -52,6 +54,10 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle)
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.table = ProcessTable()
+        try:
+            self.table.restore(*saved_agents(cfg.data_dir / "storage.lmdb"))
+        except lmdb.Error as exc:  # storage reports a broken environment itself; aids start at 1
+            log.warning("the agents of earlier runs could not be read: %s", exc)
         self.rules = AccessRules()
         self.tokens = TokenStore()
         # the HTTP gateway is a supervised manager too, started only when asked for

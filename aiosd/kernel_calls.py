@@ -203,9 +203,13 @@ class KernelCalls:
         except (OSError, ValueError) as exc:
             row.status, row.exit_code, row.ended_at = AgentState.EXITED, 127, time.time()
             self.tokens.revoke(row.aid)
+            self.send_internal("storage", "_proc_save", {"row": row.public()})
             raise AiosError("ENOENT", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
         proc.returncode = 0  # the kernel reaps it with wait4; keep Popen from polling it later
         self.table.started(row, proc.pid)
+        # saved now as well as at its exit: if the kernel dies first, the next one still knows
+        # this aid was given (aids are never reused) and that the agent died with it
+        self.send_internal("storage", "_proc_save", {"row": row.public()})
         return {"aid": row.aid, "pid": proc.pid, "name": row.name, "log": str(log_path)}
 
     def agent_user(self) -> dict:

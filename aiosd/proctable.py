@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import enum
+import signal
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 
@@ -68,6 +70,31 @@ class ProcessTable:
         self.rows: dict[int, AgentRow] = {}
         self.by_pid: dict[int, int] = {}
         self.next_aid = 1
+
+    def restore(self, saved: Iterable[dict], last_aid: int) -> None:
+        """Take in the rows that earlier kernels on this home saved (LMDB `procs`), so that aids
+        stay unique across restarts (the audit log, agent logs and grants name agents by aid)
+        and `aios-ps -a` still shows them. A row saved while its agent was alive belongs to an
+        agent that died with its kernel: PR_SET_PDEATHSIG sent it SIGKILL."""
+        self.next_aid = max(self.next_aid, last_aid + 1)
+        for d in saved:
+            try:
+                row = AgentRow(aid=int(d["aid"]), name=str(d["name"]), argv=list(d.get("argv") or []),
+                               parent=int(d.get("parent") or 0), priority=int(d.get("priority") or 0),
+                               pid=int(d.get("pid") or 0), status=AgentState(d["status"]),
+                               exit_code=d.get("exit_code"), started_at=float(d["started_at"]),
+                               ended_at=d.get("ended_at"), cpu_s=float(d.get("cpu_s") or 0.0),
+                               rss_bytes=int(d.get("rss_bytes") or 0), syscalls=int(d.get("syscalls") or 0),
+                               tokens_in=int(d.get("tokens_in") or 0), tokens_out=int(d.get("tokens_out") or 0),
+                               llm_requests=int(d.get("llm_requests") or 0), group=str(d.get("group") or ""))
+            except (KeyError, TypeError, ValueError):
+                continue  # a row this version cannot read is left out of the listing, not fatal
+            if row.status.alive:
+                row.status, row.exit_code = AgentState.KILLED, -signal.SIGKILL
+                row.ended_at = row.started_at + float(d.get("uptime_s") or 0.0)
+            if row.aid not in self.rows:
+                self.rows[row.aid] = row
+            self.next_aid = max(self.next_aid, row.aid + 1)
 
     def create(self, name: str, argv: list, parent: int = 0, priority: int = 0) -> AgentRow:
         row = AgentRow(aid=self.next_aid, name=name, argv=argv, parent=parent, priority=priority)

@@ -176,6 +176,38 @@ class StorageReader:
 
 
 
+def saved_agents(path: str | Path, limit: int = 1000) -> tuple[list[dict], int]:
+    """The newest `limit` process-table rows that kernels saved in this environment (`procs`),
+    oldest first, and the highest aid saved (0: none). The kernel reads them as it starts,
+    before the storage manager opens the environment for writing."""
+    if not (Path(path) / "data.mdb").exists():
+        return [], 0
+    env = lmdb.open(str(path), readonly=True, create=False, max_dbs=len(DBS) + 2, subdir=True)
+    try:
+        try:
+            db = env.open_db(b"procs", create=False)
+        except lmdb.NotFoundError:
+            return [], 0
+        rows: list[dict] = []
+        last = 0
+        with env.begin(db=db) as txn:
+            cur = txn.cursor()
+            if cur.last():
+                last = int.from_bytes(cur.key(), "big")
+                for _, raw in cur.iterprev():
+                    try:
+                        row = protocol.unpack(raw, 1 << 20)
+                    except AiosError:
+                        continue
+                    if isinstance(row, dict):
+                        rows.append(row)
+                    if len(rows) >= limit:
+                        break
+        return rows[::-1], last
+    finally:
+        env.close()
+
+
 class StorageDB(StorageReader):
     def __init__(self, path: str | Path, map_size: int = 1 << 32, versions_kept: int = 8,
                  default_quota: int = 256 << 20, sync: str = "full"):

@@ -218,6 +218,17 @@ def test_sigkill_of_kernel_leaves_nothing_running_and_a_new_start_serves(make_da
     assert r.returncode == 0, r.stderr
     d.root = Client(d.home)
     assert d.run_cli("aios-sto", "cat", "orphan", "kept").stdout == "acknowledged"
+    # aids are never given twice in one home: the audit log and agent-N.log name agents by aid
+    rows = {r["aid"]: r for r in json.loads(d.run_cli("aios-ps", "-a", "--json").stdout)}
+    assert rows[aid]["status"] == "KILLED" and rows[aid]["exit_code"] == -signal.SIGKILL
+    new_aid, _ = d.agent("after")
+    assert new_aid > aid
+    d.run_cli("aiosd", "stop")
+    assert d.run_cli("aiosd", "start", "--timeout", "60").returncode == 0
+    d.root = Client(d.home)
+    rows = {r["aid"]: r["status"] for r in json.loads(d.run_cli("aios-ps", "-a", "--json").stdout)}
+    assert rows[aid] == "KILLED" and rows[new_aid] == "KILLED"  # stopped with the daemon
+    assert d.agent("third")[0] > new_aid
 
 
 @pytest.mark.parametrize("name,call,args", [
