@@ -55,7 +55,7 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle)
         self.cfg = cfg
         self.table = ProcessTable()
         try:
-            self.table.restore(*saved_agents(cfg.data_dir / "storage.lmdb"))
+            self.table.restore(*saved_agents(cfg.data_dir / "storage.lmdb", self.table.keep_ended))
         except lmdb.Error as exc:  # storage reports a broken environment itself; aids start at 1
             log.warning("the agents of earlier runs could not be read: %s", exc)
         self.rules = AccessRules()

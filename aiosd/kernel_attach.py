@@ -9,7 +9,6 @@ ending the row is bookkeeping, and every row a carrier holds ends when the carri
 from __future__ import annotations
 
 import signal
-import time
 
 from aiosd.access import Principal
 from aiosd.errors import AiosError
@@ -63,8 +62,7 @@ class AttachCalls:
         self.attached.pop(row.aid, None)
         if not row.status.alive:
             return
-        row.ended_at, row.inflight, row.exit_code = time.time(), 0, code
-        row.status = status or (AgentState.EXITED if code >= 0 else AgentState.KILLED)
+        self.table.finish(row, code, status)
         self.rules.drop_owner(Principal(row.aid, row.name))
         self.buckets.pop(row.aid, None)
         self.llm_limits.forget(row.aid)

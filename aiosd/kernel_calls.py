@@ -201,7 +201,7 @@ class KernelCalls:
                     stderr=subprocess.STDOUT, close_fds=True,
                     preexec_fn=child_setup(os.getpid(), pgroup=True, rlimits=limits), **self.agent_user())
         except (OSError, ValueError) as exc:
-            row.status, row.exit_code, row.ended_at = AgentState.EXITED, 127, time.time()
+            self.table.finish(row, 127)
             self.tokens.revoke(row.aid)
             self.send_internal("storage", "_proc_save", {"row": row.public()})
             raise AiosError("ENOENT", f"cannot start {argv[0]}: {exc.strerror or exc}") from None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import enum
 import signal
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
@@ -66,10 +67,12 @@ class AgentRow:
 
 
 class ProcessTable:
-    def __init__(self) -> None:
+    def __init__(self, keep_ended: int = 10_000) -> None:
         self.rows: dict[int, AgentRow] = {}
         self.by_pid: dict[int, int] = {}
         self.next_aid = 1
+        self.keep_ended = keep_ended
+        self.ended_aids: deque[int] = deque()  # oldest first
 
     def restore(self, saved: Iterable[dict], last_aid: int) -> None:
         """Take in the rows that earlier kernels on this home saved (LMDB `procs`), so that aids
@@ -94,6 +97,7 @@ class ProcessTable:
                 row.ended_at = row.started_at + float(d.get("uptime_s") or 0.0)
             if row.aid not in self.rows:
                 self.rows[row.aid] = row
+                self._retire(row.aid)
             self.next_aid = max(self.next_aid, row.aid + 1)
 
     def create(self, name: str, argv: list, parent: int = 0, priority: int = 0) -> AgentRow:
@@ -116,14 +120,24 @@ class ProcessTable:
         row = self.rows.get(aid) if aid is not None else None
         if row is None:
             return None
+        self.finish(row, status)
+        return row
+
+    def finish(self, row: AgentRow, code: int, status: AgentState | None = None) -> None:
+        """The agent ended with `code` (-N: killed by signal N). The oldest ended rows leave the
+        table past `keep_ended` (they stay in LMDB), so a daemon that runs for months and
+        millions of agents does not grow without bound."""
         row.ended_at = time.time()
         row.token = ""
         row.inflight = 0
-        if status < 0:
-            row.status, row.exit_code = AgentState.KILLED, status
-        else:
-            row.status, row.exit_code = AgentState.EXITED, status
-        return row
+        row.exit_code = code
+        row.status = status or (AgentState.KILLED if code < 0 else AgentState.EXITED)
+        self._retire(row.aid)
+
+    def _retire(self, aid: int) -> None:
+        self.ended_aids.append(aid)
+        while len(self.ended_aids) > self.keep_ended:
+            self.rows.pop(self.ended_aids.popleft(), None)
 
     def syscall_begin(self, row: AgentRow, waits: bool) -> None:
         row.syscalls += 1

@@ -32,3 +32,18 @@ def test_nothing_saved_starts_at_one():
     t = ProcessTable()
     t.restore([], 0)
     assert t.create("first", ["x"]).aid == 1
+
+
+def test_the_oldest_ended_rows_leave_past_the_limit_and_live_ones_stay():
+    t = ProcessTable(keep_ended=3)
+    t.restore([saved(1, "EXITED", exit_code=0), saved(2, "EXITED", exit_code=1)], last_aid=2)
+    live = t.create("live", ["x"])
+    t.started(live, 555)
+    for i in range(3):
+        row = t.create(f"short{i}", ["x"])
+        t.started(row, 600 + i)
+        assert t.ended(600 + i, -signal.SIGTERM) is row
+    assert [r.aid for r in t.listing(include_exited=True)] == [live.aid, 4, 5, 6]
+    assert t.get(1) is None and t.get(2) is None and t.get(6).status == AgentState.KILLED
+    t.finish(live, 127)  # a spawn that failed
+    assert live.status == AgentState.EXITED and t.get(4) is None and t.get(live.aid) is live
