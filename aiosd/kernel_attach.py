@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import signal
 
-from aiosd.access import Principal
 from aiosd.errors import AiosError
 from aiosd.proctable import AgentRow, AgentState
 from aiosd.supervisor import MgrState
@@ -63,12 +62,4 @@ class AttachCalls:
         if not row.status.alive:
             return
         self.table.finish(row, code, status)
-        self.rules.drop_owner(Principal(row.aid, row.name))
-        self.buckets.pop(row.aid, None)
-        self.llm_limits.forget(row.aid)
-        # connections that act as this aid keep naming it, so their next call is refused
-        # (EACCES: the agent has exited) instead of being served as root
-        self.broadcast({"event": "agent_exit", "aid": row.aid, "name": row.name})
-        self.send_internal("storage", "_proc_save", {"row": row.public()})
-        for hd, caller, _ in self.waiters.pop(row.aid, []):
-            self.answer(hd[0], hd[1], caller, "wait_agent", {"aid": row.aid}, hd[2], result=self.view(row))
+        self.agent_gone(row)

@@ -250,8 +250,13 @@ class KernelCalls:
         except (ProcessLookupError, PermissionError):
             pass
         self.tokens.revoke(row.aid)
+        self.agent_gone(row)
+
+    def agent_gone(self, row: AgentRow) -> None:
+        """What the kernel holds for an agent that ended (a child or an attached one) goes."""
         self.rules.drop_owner(Principal(row.aid, row.name))
-        self.buckets.pop(row.aid, None)
+        for per_aid in (self.buckets, self.refusal_buckets, self.refusals_counted):
+            per_aid.pop(row.aid, None)
         self.llm_limits.forget(row.aid)
         # connections acting as this agent (set_aid) keep pointing at it: they get EACCES from
         # now on, and never fall back to being root
