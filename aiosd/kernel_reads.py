@@ -25,7 +25,8 @@ from aiosd import protocol
 from aiosd.access import Principal
 from aiosd.errors import AiosError
 from aiosd.memory_mirror import MirrorReader
-from aiosd.storage_db import StorageReader, TooBig, check_ns
+from aiosd.storage_db import StorageReader, TooBig
+from aiosd.storage_paths import check_ns
 from aiosd.supervisor import MgrState
 from aiosd.syscalls import Syscall
 

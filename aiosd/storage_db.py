@@ -27,11 +27,10 @@ from aiosd import protocol
 from aiosd.audit_log import AuditLog
 from aiosd.blob_log import GC_BACKLOG, BlobLog, bkey, migrate_versions
 from aiosd.errors import AiosError
+from aiosd.storage_paths import check_ns, check_path, fkey, version_key, vkey
 
 DBS = ("files", "blobs", "dead", "history", "audit", "procs", "snapshots", "agent_snaps", "index", "quotas")
 RAW_DBS = ("history", "snapshots", "procs", "index", "agent_snaps")  # reachable by _sto_put/_sto_get
-MAX_PATH = 1024
-SEP = b"\0"
 # File and quota records are written by this module alone: they are decoded without the
 # wire's checks (protocol.unpack), which cost more than the decoding on every write and read
 
@@ -42,48 +41,6 @@ def load_record(raw) -> Any:
 
 def dump_record(obj: Any) -> bytes:
     return protocol.pack(obj)  # its Packer per thread: packb builds one per call
-
-
-def check_path(path: object, what: str = "path", prefix: bool = False) -> str:
-    """A relative name inside a namespace; anything that could escape it is EINVAL."""
-    if not isinstance(path, str):
-        raise AiosError("EINVAL", f"{what} must be a string")
-    if not path and not prefix:
-        raise AiosError("EINVAL", f"{what} must not be empty")
-    if len(path.encode()) > MAX_PATH:
-        raise AiosError("EINVAL", f"{what} is longer than {MAX_PATH} bytes")
-    if "\0" in path:
-        raise AiosError("EINVAL", f"{what} must not contain NUL bytes")
-    if path.startswith("/") or path.startswith("\\"):
-        raise AiosError("EINVAL", f"{what} '{path}' is absolute; paths are relative to the namespace")
-    parts = path.replace("\\", "/").split("/")
-    if prefix and parts and parts[-1] == "":
-        parts = parts[:-1]  # "notes/" lists a folder
-    for part in parts:
-        if part == "..":
-            raise AiosError("EINVAL", f"{what} '{path}' has a '..' component")
-        if part in ("", ".") and not (prefix and not path):
-            raise AiosError("EINVAL", f"{what} '{path}' has an empty or '.' component")
-    return path
-
-
-def check_ns(ns: object) -> str:
-    if not isinstance(ns, str) or not ns or "\0" in ns or len(ns) > 256:
-        raise AiosError("EINVAL", "a storage namespace is a short non-empty name")
-    return ns
-
-
-def fkey(ns: str, path: str) -> bytes:
-    return ns.encode() + SEP + path.encode()
-
-
-def vkey(ns: str, path: str, version: int) -> bytes:
-    return version_key(fkey(ns, path), version)
-
-
-def version_key(file_key: bytes, version: int) -> bytes:
-    """A version's key from its file's key (fkey), for a caller that has the latter already."""
-    return file_key + SEP + b"%010d" % version
 
 
 def as_bytes(data: Any) -> bytes:

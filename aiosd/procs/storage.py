@@ -24,7 +24,8 @@ from aiosd.embed import Embedder, top_k
 from aiosd.errors import AiosError
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
 from aiosd.group_commit import GroupCommitWriter
-from aiosd.storage_db import StorageDB, check_ns, vkey
+from aiosd.storage_db import StorageDB
+from aiosd.storage_paths import check_ns, vkey
 
 import numpy as np
 
