@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 
 import msgpack
@@ -62,6 +63,14 @@ def test_a_failed_start_names_the_error_not_the_traceback(tmp_path):
                    "aiosd.errors.AiosError: EUNAVAIL: llama-cpp-python is not installed\n\n")
     assert tail(log) == f"EUNAVAIL: llama-cpp-python is not installed (see {log})"
     assert tail(tmp_path / "none.log") == "(no log)"
+
+
+def test_a_home_too_long_for_unix_sockets_is_refused_in_one_line(tmp_path):
+    home = tmp_path / ("h" * 120)
+    r = subprocess.run([sys.executable, "-m", "aiosd.cli.daemon", "start"], capture_output=True, text=True,
+                       env={**os.environ, "AIOS_HOME": str(home)}, timeout=60)
+    assert r.returncode != 0 and r.stderr.startswith("aiosd: EINVAL: ") and "too long" in r.stderr
+    assert r.stderr.count("\n") == 1 and not (home / "run").exists()  # nothing was started
 
 
 def test_cli_against_stopped_daemon_is_one_line(make_daemon):

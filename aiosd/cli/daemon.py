@@ -12,6 +12,8 @@ import sys
 import time
 from pathlib import Path
 
+import zmq
+
 from aiosd.cli.common import add_home, daemon_pid, fmt_duration, home_of, root_client, run_command
 from aiosd.config import CHOICES, Config, load
 from aiosd.errors import AiosError
@@ -77,6 +79,11 @@ def start(args: argparse.Namespace) -> int:
         print(f"aiosd: already running on {home} (pid {daemon_pid(home) or '?'})", file=sys.stderr)
         return 1
     cfg = load(overrides(args), home=home)
+    sock = cfg.run_dir / "backend.sock"  # the longest of the daemon's socket paths
+    if len(os.fsencode(sock)) > zmq.IPC_PATH_MAX_LEN:
+        raise AiosError("EINVAL", f"{cfg.home} is too long a home for the daemon's unix sockets: {sock} "
+                                  f"has {len(os.fsencode(sock))} bytes, at most {zmq.IPC_PATH_MAX_LEN}; "
+                                  "choose a shorter AIOS_HOME")
     from aiosd.kernel import prepare_home
     prepare_home(cfg)
     env = dict(os.environ, AIOS_KERNEL_CONFIG=json.dumps(cfg.to_dict()), HF_HUB_OFFLINE="1",
