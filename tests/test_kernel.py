@@ -131,6 +131,14 @@ def test_exit_codes_and_output_propagate(make_daemon):
     assert row["status"] == "EXITED" and row["exit_code"] == 7 and row["syscalls"] >= 1
 
 
+def test_logs_follow_an_agent_until_it_ends(make_daemon):
+    d = make_daemon(**NO_MANAGERS)
+    code = "import time\nfor i in range(4):\n    print('tick', i, flush=True); time.sleep(0.4)"
+    aid = d.root.syscall("spawn_agent", {"argv": [sys.executable, "-c", code], "name": "ticker"})["aid"]
+    r = d.run_cli("aios-logs", "-f", str(aid), timeout=30)  # returns by itself, as docker logs -f
+    assert r.returncode == 0 and r.stdout.split("\n")[:4] == [f"tick {i}" for i in range(4)], r.stderr
+
+
 def test_refused_calls_count_as_syscalls(make_daemon):
     d = make_daemon(**NO_MANAGERS)
     aid, agent = d.agent("counted")

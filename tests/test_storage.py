@@ -182,6 +182,8 @@ def test_audit_query_own_records_only(daemon):
             break
         time.sleep(0.1)
     assert recs and recs[0]["code"] == "EACCES"
+    out = daemon.run_cli("aios-logs", "--audit", "--name", "sto-audit-other", "--call", "sto_read")
+    assert out.returncode == 0 and "sto-audit-other sto_read EACCES" in out.stdout, out.stderr
 
 
 def test_aios_sto_shows_an_agents_files_as_root(daemon):
