@@ -79,6 +79,8 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle)
         self.started_at = time.time()
         self.counters = {"requests": 0, "errors": 0}
         self.next_housekeeping = 0.0
+        self.flags: dict = {}  # the settings given as flags to `aiosd start`: a reload keeps them
+        self.reload_wanted = False
 
     # ---- set-up -------------------------------------------------------------------------
     def bind(self) -> None:
@@ -105,6 +107,7 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle)
         signal.signal(signal.SIGCHLD, lambda *_: None)
         signal.signal(signal.SIGTERM, lambda *_: self.begin_stop())
         signal.signal(signal.SIGINT, lambda *_: self.begin_stop())
+        signal.signal(signal.SIGHUP, lambda *_: setattr(self, "reload_wanted", True))
         self.poller = zmq.Poller()
         for s in (self.front, self.back, self.zap):
             self.poller.register(s, zmq.POLLIN)
@@ -140,6 +143,9 @@ class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle)
                 except BlockingIOError:
                     pass
                 self.reap()
+                if self.reload_wanted:
+                    self.reload_wanted = False
+                    self.reload()
             now = time.monotonic()
             if now >= self.next_housekeeping:  # not on every message: the hot path stays short
                 self.next_housekeeping = now + 0.01
@@ -310,6 +316,7 @@ def main(argv: list[str] | None = None) -> int:
         pass
     (cfg.run_dir / "aiosd.pid").write_text(f"{os.getpid()}\n")
     kernel = Kernel(cfg)
+    kernel.flags = json.loads(os.environ.pop("AIOS_KERNEL_FLAGS", "") or "{}")
     kernel.bind()
     log.info("aiosd kernel pid %d on %s", os.getpid(), cfg.home)
     kernel.serve()

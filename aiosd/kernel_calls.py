@@ -330,11 +330,15 @@ class KernelCalls:
                                           f"(one of {', '.join(RUNTIME_SETTINGS)})")
             clean[key] = coerce(self.cfg, key, value, "aiosd set")
             check_value(key, clean[key], "aiosd set")
+        self.apply_settings(clean)
+        return clean
+
+    def apply_settings(self, clean: dict) -> None:
+        """Run-time settings, checked: in the kernel, and to every manager (`aiosd set`, SIGHUP)."""
         for key, value in clean.items():
             setattr(self.cfg, key, value)
         self.llm_limits.tokens_per_min = self.cfg.llm_tokens_per_min
         self.broadcast({"event": "config", "settings": clean})
-        return clean
 
     def k_sys_stop(self, caller, args, target, h):
         self.begin_stop()

@@ -19,6 +19,26 @@ log = logging.getLogger("aiosd")
 
 
 class Lifecycle:
+    # ---- SIGHUP -------------------------------------------------------------------------
+    def reload(self) -> None:
+        """SIGHUP, as nginx and supervisord take it: the settings that can change at run time
+        are read again from config.toml, under the AIOS_* variables and flags the daemon started
+        with (which still win), and applied as `aiosd set` applies them. A config.toml that
+        does not load changes nothing; the log says why."""
+        from aiosd.config import load
+        from aiosd.errors import AiosError
+        from aiosd.kernel_calls import RUNTIME_SETTINGS
+        try:
+            new = load(self.flags, home=self.cfg.home)
+        except AiosError as exc:
+            log.warning("SIGHUP: settings kept, config.toml not reloaded: %s", exc)
+            return
+        changed = {k: getattr(new, k) for k in RUNTIME_SETTINGS if getattr(new, k) != getattr(self.cfg, k)}
+        if changed:
+            self.apply_settings(changed)
+        log.info("SIGHUP: config.toml reloaded; %s", ", ".join(f"{k} = {v}" for k, v in changed.items())
+                 or "no run-time setting changed")
+
     # ---- children -----------------------------------------------------------------------
     def reap(self) -> None:
         while True:

@@ -131,6 +131,20 @@ def test_exit_codes_and_output_propagate(make_daemon):
     assert row["status"] == "EXITED" and row["exit_code"] == 7 and row["syscalls"] >= 1
 
 
+def test_sighup_reloads_run_time_settings_from_config_toml_and_flags_still_win(make_daemon):
+    d = make_daemon(start=False, **NO_MANAGERS)
+    assert d.run_cli("aiosd", "start", "--quantum", "3").returncode == 0
+    d.root = Client(d.home)
+    (d.home / "config.toml").write_text('managers = ""\nscheduler = "rr"\nquantum = 9\n')
+    os.kill(d.pid(), signal.SIGHUP)
+    wait_for(lambda: d.root.syscall("sys_status")["scheduler"] == "rr")
+    assert "quantum" not in (d.home / "logs" / "aiosd.log").read_text().split("SIGHUP")[-1]  # --quantum 3 wins
+    (d.home / "config.toml").write_text('scheduler = "nosuch"\n')
+    os.kill(d.pid(), signal.SIGHUP)
+    wait_for(lambda: "settings kept" in (d.home / "logs" / "aiosd.log").read_text())
+    assert d.root.syscall("sys_status")["scheduler"] == "rr"  # a broken file changes nothing
+
+
 def test_logs_follow_an_agent_until_it_ends(make_daemon):
     d = make_daemon(**NO_MANAGERS)
     code = "import time\nfor i in range(4):\n    print('tick', i, flush=True); time.sleep(0.4)"

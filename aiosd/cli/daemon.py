@@ -86,7 +86,8 @@ def start(args: argparse.Namespace) -> int:
                                   "choose a shorter AIOS_HOME")
     from aiosd.kernel import prepare_home
     prepare_home(cfg)
-    env = dict(os.environ, AIOS_KERNEL_CONFIG=json.dumps(cfg.to_dict()), HF_HUB_OFFLINE="1",
+    env = dict(os.environ, AIOS_KERNEL_CONFIG=json.dumps(cfg.to_dict()),
+               AIOS_KERNEL_FLAGS=json.dumps(overrides(args)), HF_HUB_OFFLINE="1",
                TRANSFORMERS_OFFLINE="1", PYTHONUNBUFFERED="1")
     cmd = [sys.executable, "-m", "aiosd.kernel"]
     if args.foreground:
