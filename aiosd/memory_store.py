@@ -30,9 +30,12 @@ def record_size(rec: dict) -> int:
     return n + len(rec.get("role") or "") + OVERHEAD
 
 
+SWAP_PREFIX = b"mem:"
+
+
 def swap_key(aid: int, rid: int) -> bytes:
     """Where an evicted record lives in storage's history database."""
-    return f"mem:{aid}:{rid:012d}".encode()
+    return SWAP_PREFIX + f"{aid}:{rid:012d}".encode()
 
 
 @dataclass

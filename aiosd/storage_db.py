@@ -326,6 +326,21 @@ class StorageDB(StorageReader):
             return {"stored": True}
         return op
 
+    def raw_drop_op(self, db: str, prefix: bytes) -> Callable:
+        if db not in RAW_DBS:
+            raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")
+        if not prefix:
+            raise AiosError("EINVAL", "a prefix to drop must not be empty")
+
+        def op(txn):
+            cur, n = txn.cursor(self.db[db]), 0
+            found = cur.set_range(prefix)
+            while found and cur.key().startswith(prefix):
+                found = cur.delete()  # moves to the next key
+                n += 1
+            return {"deleted": n}
+        return op
+
     def raw_get(self, db: str, key: bytes) -> Any:
         if db not in RAW_DBS:
             raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")

@@ -207,6 +207,9 @@ TABLE: tuple[Syscall, ...] = (
     Syscall("_sto_get", "storage", "internal", (
         Arg("db", "str", required=True), Arg("key", "bytes", required=True), Arg("delete", "bool"),
     ), "raw get from a storage sub-database", group="internal"),
+    Syscall("_sto_drop", "storage", "internal", (
+        Arg("db", "str", required=True), Arg("prefix", "bytes", required=True, max_len=256),
+    ), "delete every key under a prefix of a storage sub-database", group="internal"),
     Syscall("_audit", "storage", "internal", (Arg("records", "list", required=True),),
             "append audit records", group="internal"),
     Syscall("_proc_save", "storage", "internal", (Arg("row", "dict", required=True),),

@@ -3,6 +3,8 @@ transparent reload, search, release on exit."""
 
 from __future__ import annotations
 
+import os
+import signal
 import sys
 import time
 
@@ -97,3 +99,30 @@ def test_memory_released_on_exit_and_persisted(daemon):
     assert [r["content"] for r in protocol.unpack(raw, 1 << 24)] == ["keep me"]
     _, again = daemon.agent("mem-exit")  # memory belongs to a run: a new one starts empty
     assert again.syscall("mem_read", {})["records"] == []
+
+
+def swapped_records(home) -> int:
+    env = lmdb.open(str(home / "data" / "storage.lmdb"), readonly=True, max_dbs=16, lock=True)
+    try:
+        with env.begin(db=env.open_db(b"history", create=False)) as txn:
+            cur = txn.cursor()
+            return sum(1 for k in (cur.iternext(values=False) if cur.set_range(b"mem:") else ())
+                       if k.startswith(b"mem:"))
+    finally:
+        env.close()
+
+
+def test_records_swapped_out_by_a_killed_memory_manager_do_not_stay_on_disk(make_daemon):
+    d = make_daemon(managers="storage,memory")
+    _, c = d.agent("mem-orphans", memory_quota=4096)
+    for i in range(12):
+        c.syscall("mem_write", {"content": f"{i:04d}".encode() * 256})  # 12 KiB through 4 KiB
+    assert swapped_records(d.home) >= 8
+    old = d.manager_pid("memory")
+    os.kill(old, signal.SIGKILL)
+    d.wait_manager("memory", old)
+    deadline = time.time() + 10  # the new manager drops them before it serves anything
+    while swapped_records(d.home) and time.time() < deadline:
+        time.sleep(0.1)
+    assert swapped_records(d.home) == 0
+    assert c.syscall("mem_write", {"content": "after"})["id"] == 1  # and starts empty, as before

@@ -185,3 +185,16 @@ def test_raw_dbs(db):
     with pytest.raises(AiosError) as e:
         db.raw_put_op("files", b"x", 1)
     assert e.value.code == "EINVAL"
+
+
+def test_raw_drop_deletes_a_prefix_and_nothing_else(tmp_path):
+    db = StorageDB(tmp_path / "s.lmdb")
+    for k in (b"mem:1:1", b"mem:1:2", b"mem:9:1", b"mek", b"persist:a:1"):
+        db.write_now(db.raw_put_op("history", k, {"k": k}))
+    assert db.write_now(db.raw_drop_op("history", b"mem:")) == {"deleted": 3}
+    assert db.raw_get("history", b"mek") == {"k": b"mek"} and db.raw_get("history", b"persist:a:1")
+    assert db.write_now(db.raw_drop_op("history", b"mem:")) == {"deleted": 0}
+    with pytest.raises(AiosError):
+        db.raw_drop_op("history", b"")
+    with pytest.raises(AiosError):
+        db.raw_drop_op("files", b"x")

@@ -309,6 +309,9 @@ class StorageManager(Manager):
     def handle_sto_put(self, req: Request) -> Any:
         return self.queue_op(req, self.db.raw_put_op(req.args["db"], bytes(req.args["key"]), req.args.get("value")))
 
+    def handle_sto_drop(self, req: Request) -> Any:
+        return self.queue_op(req, self.db.raw_drop_op(req.args["db"], bytes(req.args["prefix"])))
+
     def handle_sto_get(self, req: Request) -> Any:
         if not self.writer.idle:
             self.flush()  # a put still queued must be visible to the get that follows it
