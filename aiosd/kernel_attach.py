@@ -35,7 +35,7 @@ class AttachCalls:
         row.pid, row.status = m.pid, AgentState.READY
         row.stats_at = float("inf")  # the carrier's CPU and RSS in /proc are not this agent's
         self.attached[row.aid] = m.pid
-        self.send_internal("storage", "_proc_save", {"row": row.public()})  # as spawn_agent does
+        self.save_row(row)
         return row.aid
 
     def k_detach_agent(self, caller, args, target, h):

@@ -203,13 +203,11 @@ class KernelCalls:
         except (OSError, ValueError) as exc:
             self.table.finish(row, 127)
             self.tokens.revoke(row.aid)
-            self.send_internal("storage", "_proc_save", {"row": row.public()})
+            self.save_row(row)
             raise AiosError("ENOENT", f"cannot start {argv[0]}: {exc.strerror or exc}") from None
         proc.returncode = 0  # the kernel reaps it with wait4; keep Popen from polling it later
         self.table.started(row, proc.pid)
-        # saved now as well as at its exit: if the kernel dies first, the next one still knows
-        # this aid was given (aids are never reused) and that the agent died with it
-        self.send_internal("storage", "_proc_save", {"row": row.public()})
+        self.save_row(row)
         return {"aid": row.aid, "pid": proc.pid, "name": row.name, "log": str(log_path)}
 
     def agent_user(self) -> dict:
@@ -261,7 +259,7 @@ class KernelCalls:
         # connections acting as this agent (set_aid) keep pointing at it: they get EACCES from
         # now on, and never fall back to being root
         self.broadcast({"event": "agent_exit", "aid": row.aid, "name": row.name})
-        self.send_internal("storage", "_proc_save", {"row": row.public()})
+        self.save_row(row)
         for h, caller, _ in self.waiters.pop(row.aid, []):
             self.answer(h[0], h[1], caller, "wait_agent", {"aid": row.aid}, h[2], result=self.view(row))
 
@@ -277,6 +275,11 @@ class KernelCalls:
             self.waiters[aid] = keep
             if not keep:
                 del self.waiters[aid]
+
+    def save_row(self, row: AgentRow) -> None:
+        """The row into LMDB (`procs`): at spawn, so that a kernel that dies leaves its aids
+        known to the next one, and at the end, with the exit code and usage."""
+        self.send_internal("storage", "_proc_save", {"row": row.public()})
 
     def send_internal(self, manager: str, call: str, args: dict) -> None:
         """Fire-and-forget call from the kernel itself (its answer is dropped)."""

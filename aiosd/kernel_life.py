@@ -13,6 +13,9 @@ import signal
 import time
 
 from aiosd import protocol
+from aiosd.config import load
+from aiosd.errors import AiosError
+from aiosd.kernel_calls import RUNTIME_SETTINGS
 from aiosd.supervisor import MgrState
 
 log = logging.getLogger("aiosd")
@@ -25,9 +28,6 @@ class Lifecycle:
         are read again from config.toml, under the AIOS_* variables and flags the daemon started
         with (which still win), and applied as `aiosd set` applies them. A config.toml that
         does not load changes nothing; the log says why."""
-        from aiosd.config import load
-        from aiosd.errors import AiosError
-        from aiosd.kernel_calls import RUNTIME_SETTINGS
         try:
             new = load(self.flags, home=self.cfg.home)
         except AiosError as exc:

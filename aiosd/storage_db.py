@@ -51,6 +51,13 @@ def as_bytes(data: Any) -> bytes:
     raise AiosError("EINVAL", "data must be bytes or a string")
 
 
+def raw_db(db: str) -> str:
+    """A sub-database the internal raw calls (_sto_put, _sto_get, _sto_drop) may touch."""
+    if db not in RAW_DBS:
+        raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")
+    return db
+
+
 class TooBig(Exception):
     """A value larger than the reader agreed to copy (the kernel forwards such reads)."""
 
@@ -316,8 +323,7 @@ class StorageDB(StorageReader):
 
     # ---- raw sub-databases --------------------------------------------------------------
     def raw_put_op(self, db: str, key: bytes, value: Any) -> Callable:
-        if db not in RAW_DBS:
-            raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")
+        raw_db(db)
 
         def op(txn):
             if value is None:
@@ -327,8 +333,7 @@ class StorageDB(StorageReader):
         return op
 
     def raw_drop_op(self, db: str, prefix: bytes) -> Callable:
-        if db not in RAW_DBS:
-            raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")
+        raw_db(db)
         if not prefix:
             raise AiosError("EINVAL", "a prefix to drop must not be empty")
 
@@ -342,8 +347,7 @@ class StorageDB(StorageReader):
         return op
 
     def raw_get(self, db: str, key: bytes) -> Any:
-        if db not in RAW_DBS:
-            raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")
+        raw_db(db)
         with self.env.begin(buffers=False) as txn:
             raw = txn.get(key, db=self.db[db])
         if raw is None:
