@@ -80,9 +80,10 @@ def start(args: argparse.Namespace) -> int:
         return 1
     cfg = load(overrides(args), home=home)
     sock = cfg.run_dir / "backend.sock"  # the longest of the daemon's socket paths
-    if len(os.fsencode(sock)) > zmq.IPC_PATH_MAX_LEN:
+    size = len(os.fsencode(sock))
+    if size > zmq.IPC_PATH_MAX_LEN:
         raise AiosError("EINVAL", f"{cfg.home} is too long a home for the daemon's unix sockets: {sock} "
-                                  f"has {len(os.fsencode(sock))} bytes, at most {zmq.IPC_PATH_MAX_LEN}; "
+                                  f"has {size} bytes, at most {zmq.IPC_PATH_MAX_LEN}; "
                                   "choose a shorter AIOS_HOME")
     from aiosd.kernel import prepare_home
     prepare_home(cfg)
@@ -110,7 +111,7 @@ def fresh_token(home: Path, since: float) -> bool:
         return False
 
 
-def wait_ready(home: Path, proc: subprocess.Popen, timeout: float, launched: float = 0.0) -> int:
+def wait_ready(home: Path, proc: subprocess.Popen, timeout: float, launched: float) -> int:
     deadline = time.time() + timeout
     client = None
     said = set()
