@@ -33,6 +33,19 @@ def record_size(rec: dict) -> int:
 SWAP_PREFIX = b"mem:"
 
 
+PERSIST_PREFIX = b"persist:"
+
+
+def persist_prefix(name: str) -> bytes:
+    """Where the memories that agents of this name left at exit (mem_persist) live."""
+    return PERSIST_PREFIX + name.encode() + b"\0"
+
+
+def persist_key(name: str, aid: int) -> bytes:
+    # zero-padded, so that the last key under the name's prefix is its latest run
+    return persist_prefix(name) + f"{aid:012d}".encode()
+
+
 def swap_key(aid: int, rid: int) -> bytes:
     """Where an evicted record lives in storage's history database."""
     return SWAP_PREFIX + f"{aid}:{rid:012d}".encode()

@@ -58,6 +58,12 @@ def raw_db(db: str) -> str:
     return db
 
 
+def prefix_end(prefix: bytes) -> bytes:
+    """The smallest key greater than every key that starts with `prefix` (b"" for none)."""
+    head = prefix.rstrip(b"\xff")
+    return head[:-1] + bytes([head[-1] + 1]) if head else b""
+
+
 class TooBig(Exception):
     """A value larger than the reader agreed to copy (the kernel forwards such reads)."""
 
@@ -353,6 +359,20 @@ class StorageDB(StorageReader):
         if raw is None:
             raise AiosError("ENOENT", f"no key {key[:64]!r} in {db}")
         return protocol.unpack(raw, 1 << 31)
+
+    def raw_last(self, db: str, prefix: bytes) -> tuple[bytes, Any]:
+        """The greatest key under `prefix` and its value (ENOENT: none)."""
+        raw_db(db)
+        if not prefix:
+            raise AiosError("EINVAL", "a prefix must not be empty")
+        with self.env.begin(buffers=False) as txn:
+            cur = txn.cursor(self.db[db])
+            # the first key past the prefix's range, then one back
+            end = prefix_end(prefix)
+            found = cur.prev() if end and cur.set_range(end) else cur.last()
+            if found and cur.key().startswith(prefix):
+                return cur.key(), protocol.unpack(cur.value(), 1 << 31)
+        raise AiosError("ENOENT", f"no key under {prefix[:64]!r} in {db}")
 
     def raw_scan(self, db: str, prefix: bytes) -> list[tuple[bytes, Any]]:
         out = []

@@ -143,6 +143,8 @@ TABLE: tuple[Syscall, ...] = (
     ), "the k most similar records", target="aid", resource="memory:read", group="memory"),
     Syscall("mem_persist", "memory", "agent", (Arg("on_exit", "bool", required=True),),
             "keep the caller's memory in storage when it exits", group="memory"),
+    Syscall("mem_restore", "memory", "agent", (),
+            "replace the caller's memory with what the last agent of its name persisted", group="memory"),
 
     # storage
     Syscall("sto_alloc", "storage", "agent", (Arg("size", "int", required=True, min=0, max=1 << 44),),
@@ -210,6 +212,9 @@ TABLE: tuple[Syscall, ...] = (
     Syscall("_sto_drop", "storage", "internal", (
         Arg("db", "str", required=True), Arg("prefix", "bytes", required=True, max_len=256),
     ), "delete every key under a prefix of a storage sub-database", group="internal"),
+    Syscall("_sto_last", "storage", "internal", (
+        Arg("db", "str", required=True), Arg("prefix", "bytes", required=True, max_len=256),
+    ), "the greatest key under a prefix of a storage sub-database, and its value", group="internal"),
     Syscall("_audit", "storage", "internal", (Arg("records", "list", required=True),),
             "append audit records", group="internal"),
     Syscall("_proc_save", "storage", "internal", (Arg("row", "dict", required=True),),

@@ -190,7 +190,14 @@ def mem_search(query: str, k: int = 5, *, aid: int | None = None) -> list:
 
 
 def mem_persist(on_exit: bool) -> Any:
+    """Keep this agent's memory in storage when it exits, for a later run of its name."""
     return _call("mem_persist", {"on_exit": on_exit})
+
+
+def mem_restore() -> dict:
+    """Replace this agent's memory with what the last agent of its name persisted at exit:
+    {"records": n, "from_aid": that agent's aid}; ENOENT (FileNotFoundError) when none did."""
+    return _call("mem_restore", {})
 
 
 # ---- storage ----------------------------------------------------------------------------

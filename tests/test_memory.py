@@ -85,7 +85,7 @@ def test_memory_released_on_exit_and_persisted(daemon):
     c.syscall("mem_persist", {"on_exit": True})
     c.syscall("mem_write", {"content": "keep me"})
     daemon.root.syscall("wait_agent", {"aid": aid, "timeout": 30})
-    key = f"persist:mem-exit:{aid}".encode()
+    key = b"persist:mem-exit\0" + f"{aid:012d}".encode()
     env = lmdb.open(str(daemon.home / "data" / "storage.lmdb"), readonly=True, lock=True, max_dbs=16)
     try:
         deadline, raw = time.time() + 30, None
@@ -99,6 +99,29 @@ def test_memory_released_on_exit_and_persisted(daemon):
     assert [r["content"] for r in protocol.unpack(raw, 1 << 24)] == ["keep me"]
     _, again = daemon.agent("mem-exit")  # memory belongs to a run: a new one starts empty
     assert again.syscall("mem_read", {})["records"] == []
+    again.syscall("mem_write", {"content": "replaced by the restore"})
+    assert again.syscall("mem_restore", {}) == {"records": 1, "from_aid": aid}
+    assert [r["content"] for r in again.syscall("mem_read", {})["records"]] == ["keep me"]
+    # no agent of this name persisted anything
+    assert code_of(daemon.agent("never-persisted")[1].syscall, "mem_restore", {}) == "ENOENT"
+
+
+def test_restore_takes_the_latest_persisted_run_of_the_name_only(daemon):
+    for content in ("first run", "second run"):
+        aid, c = daemon.agent("mem-runs", argv=[sys.executable, "-c", "import time; time.sleep(60)"])
+        c.syscall("mem_persist", {"on_exit": True})
+        c.syscall("mem_write", {"content": content, "key": "note"})
+        daemon.root.syscall("kill_agent", {"aid": aid, "signal": "TERM"})
+        daemon.root.syscall("wait_agent", {"aid": aid, "timeout": 30})
+    _, c = daemon.agent("mem-runs")
+    deadline, got = time.time() + 30, {}
+    while got.get("from_aid") != aid and time.time() < deadline:
+        time.sleep(0.05)  # memory saves an exited agent's records after wait_agent has answered
+        got = c.syscall("mem_restore", {})
+    assert got == {"records": 1, "from_aid": aid}
+    # a name that begins with the first one's has nothing of it
+    assert code_of(daemon.agent("mem-runs-other")[1].syscall, "mem_restore", {}) == "ENOENT"
+    assert c.syscall("mem_read", {"key": "note"})["records"][0]["content"] == "second run"
 
 
 def swapped_records(home) -> int:

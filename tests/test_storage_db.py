@@ -9,7 +9,7 @@ from aiosd import protocol
 from aiosd.audit import AuditBuffer
 from aiosd.errors import AiosError
 from aiosd.group_commit import GroupCommitWriter
-from aiosd.storage_db import StorageDB
+from aiosd.storage_db import StorageDB, prefix_end
 from aiosd.storage_paths import check_path
 
 
@@ -198,3 +198,19 @@ def test_raw_drop_deletes_a_prefix_and_nothing_else(tmp_path):
         db.raw_drop_op("history", b"")
     with pytest.raises(AiosError):
         db.raw_drop_op("files", b"x")
+
+
+def test_raw_last_is_the_greatest_key_under_a_prefix(tmp_path):
+    db = StorageDB(tmp_path / "s.lmdb")
+    assert prefix_end(b"ab\xff") == b"ac" and prefix_end(b"\xff") == b""
+    keys = [b"p:a\x00" + n for n in (b"001", b"009", b"010")] + [b"p:ab\x00099", b"p:b\x00001"]
+    for k in keys:
+        db.write_now(db.raw_put_op("history", k, {"k": k}))
+    assert db.raw_last("history", b"p:a\x00") == (b"p:a\x00010", {"k": b"p:a\x00010"})
+    assert db.raw_last("history", b"p:b\x00")[0] == b"p:b\x00001"  # the database's last key
+    db.write_now(db.raw_put_op("history", b"p:\xff\xff", 1))
+    assert db.raw_last("history", b"p:\xff")[0] == b"p:\xff\xff"  # nothing sorts past its range
+    for prefix in (b"p:c\x00", b"p:a\x00\xff", b"q", b"o"):
+        with pytest.raises(AiosError) as e:
+            db.raw_last("history", prefix)
+        assert e.value.code == "ENOENT"

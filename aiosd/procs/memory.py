@@ -20,7 +20,7 @@ from aiosd import protocol
 from aiosd.embed import Embedder, top_k
 from aiosd.errors import AiosError
 from aiosd.memory_mirror import MemoryMirror
-from aiosd.memory_store import SWAP_PREFIX, AgentMemory, MemoryStore, swap_key
+from aiosd.memory_store import SWAP_PREFIX, AgentMemory, MemoryStore, persist_key, persist_prefix, swap_key
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
 
 log = logging.getLogger("aiosd")
@@ -173,6 +173,19 @@ class MemoryManager(Manager):
         mem.persist = bool(req.args["on_exit"])
         return {"persist": mem.persist}
 
+    def handle_mem_restore(self, req: Request) -> Any:
+        mem = self.own(req)
+        try:
+            found = self.call("_sto_last", {"db": "history", "prefix": persist_prefix(req.name)}, timeout=10.0)
+        except AiosError as exc:
+            if exc.code == "ENOENT":
+                raise AiosError("ENOENT", f"no agent named '{req.name}' persisted its memory "
+                                          "(mem_persist(on_exit=True) before it exits)") from None
+            raise
+        value = found.get("value")
+        self.replace(mem, [r for r in value if isinstance(r, dict) and "id" in r] if isinstance(value, list) else [])
+        return {"records": len(mem.ids), "from_aid": int(bytes(found["key"])[-12:])}
+
     def handle_mem_search(self, req: Request) -> Any:
         mem = self.target(req)
         k = int(req.args.get("k") or 5)
@@ -239,9 +252,13 @@ class MemoryManager(Manager):
 
     def handle_mem_load(self, req: Request) -> Any:
         mem = self.store.get(int(req.args["aid"]))
-        self.drop_disk(mem, list(mem.on_disk))
-        self.swap_out(mem, mem.load([r for r in req.args["records"] if isinstance(r, dict) and "id" in r]))
+        self.replace(mem, [r for r in req.args["records"] if isinstance(r, dict) and "id" in r])
         return {"records": len(mem.ids)}
+
+    def replace(self, mem: AgentMemory, records: list[dict]) -> None:
+        """Everything the agent held goes; `records` take its place (what does not fit is swapped out)."""
+        self.drop_disk(mem, list(mem.on_disk))
+        self.swap_out(mem, mem.load(records))
 
     def flush_out(self) -> None:
         self.mirror.commit()  # what the kernel may read must be there before any answer leaves
@@ -261,7 +278,7 @@ class MemoryManager(Manager):
             return
         try:
             if mem.persist:
-                key = f"persist:{event.get('name') or mem.aid}:{mem.aid}".encode()
+                key = persist_key(event.get("name") or f"aid{mem.aid}", mem.aid)
                 self.call("_sto_put", {"db": "history", "key": key, "value": self.everything(mem)})
             self.drop_disk(mem, list(mem.on_disk))
         finally:

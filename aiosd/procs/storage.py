@@ -312,6 +312,12 @@ class StorageManager(Manager):
     def handle_sto_drop(self, req: Request) -> Any:
         return self.queue_op(req, self.db.raw_drop_op(req.args["db"], bytes(req.args["prefix"])))
 
+    def handle_sto_last(self, req: Request) -> Any:
+        if not self.writer.idle:
+            self.flush()
+        key, value = self.db.raw_last(req.args["db"], bytes(req.args["prefix"]))
+        return {"key": key, "value": value}
+
     def handle_sto_get(self, req: Request) -> Any:
         if not self.writer.idle:
             self.flush()  # a put still queued must be visible to the get that follows it
