@@ -22,6 +22,7 @@ from aiosd.proctable import AgentRow, AgentState
 from aiosd.supervisor import MgrState, child_setup
 
 DEFERRED = object()
+IMPERSONATING_CAP = 65_536  # connections remembered as acting as an agent (set_aid)
 RUNTIME_SETTINGS = ("scheduler", "quantum", "max_batch", "max_batch_tokens", "syscall_rate", "context_window",
                     "llm_tokens_per_min")
 
@@ -82,7 +83,19 @@ class KernelCalls:
         if not row.status.alive:
             raise AiosError("ESRCH", f"agent {aid} has exited")
         self.impersonating[h[0]] = aid
+        if len(self.impersonating) > IMPERSONATING_CAP:
+            self.forget_impersonations()
         return aid
+
+    def forget_impersonations(self) -> None:
+        """ROUTER tells nothing of closed connections, so each connection that said set_aid
+        stays here. Past the cap, those acting as ended agents go, oldest first: such a
+        connection (root by its token) would be root again, which it could always become
+        by connecting anew; none acting as a live agent is forgotten."""
+        ended = [ident for ident, aid in self.impersonating.items()
+                 if (row := self.table.get(aid)) is None or not row.status.alive]
+        for ident in ended[:len(self.impersonating) - IMPERSONATING_CAP // 2]:  # down to half the cap
+            del self.impersonating[ident]
 
     def k_get_status(self, caller, args, target, h):
         if caller.is_root and args["aid"] is None:
