@@ -44,8 +44,8 @@ def kernel_with_a_file(tmp: str) -> tuple[Kernel, StorageDB, str]:
     cfg = config.load({"managers": ["storage"]}, home=tmp)
     for d in (cfg.run_dir, cfg.data_dir, cfg.log_dir):
         os.makedirs(d, exist_ok=True)
+    k = Kernel(cfg)  # first: it reads saved agents from storage.lmdb, which LMDB opens once per process
     db = StorageDB(cfg.data_dir / "storage.lmdb", map_size=1 << 26)
-    k = Kernel(cfg)
     row = k.table.create("reader", ["perf"])
     k.table.started(row, os.getpid())
     db.write_now(db.write_op("reader", "r/1", os.urandom(1024)))
