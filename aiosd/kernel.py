@@ -35,6 +35,7 @@ from aiosd.kernel_calls import KernelCalls
 from aiosd.kernel_life import Lifecycle
 from aiosd.kernel_link import ManagerLink, Pending
 from aiosd.kernel_reads import LOCAL_READS, LocalReads
+from aiosd.kernel_sys import SystemCalls
 from aiosd.limits import LLM_CALLS, LlmLimits
 from aiosd.proctable import ProcessTable
 from aiosd.storage_db import saved_agents
@@ -50,7 +51,7 @@ NOBLOCK, SNDMORE = int(zmq.NOBLOCK), int(zmq.SNDMORE)
 WAITING_CALLS = {"llm_chat", "gen_restore", "tool_call", "wait_agent"}
 
 
-class Kernel(Gate, ManagerLink, KernelCalls, AttachCalls, LocalReads, Lifecycle):
+class Kernel(Gate, ManagerLink, KernelCalls, SystemCalls, AttachCalls, LocalReads, Lifecycle):
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.table = ProcessTable()

@@ -1,4 +1,5 @@
-"""The syscalls the kernel serves itself: agents, access, crypto and the system calls.
+"""The syscalls the kernel serves itself about agents: their identity, status, priority,
+signals, spawning and ending (access, crypto and the system calls: aiosd/kernel_sys.py).
 
 A mixin of Kernel (aiosd/kernel.py), one `k_<syscall>` method per call; each gets the
 caller, the checked arguments, the resolved target and a handle to answer later
@@ -12,9 +13,8 @@ import resource
 import signal
 import subprocess
 import time
-from aiosd import audit, crypto, protocol
+from aiosd import audit, protocol
 from aiosd.access import Principal, agent_ids
-from aiosd.config import check_value, coerce
 from aiosd.errors import AiosError
 from aiosd.limits import check_child
 from aiosd.procfs import proc_stats
@@ -23,8 +23,6 @@ from aiosd.supervisor import MgrState, child_setup
 
 DEFERRED = object()
 IMPERSONATING_CAP = 65_536  # connections remembered as acting as an agent (set_aid)
-RUNTIME_SETTINGS = ("scheduler", "quantum", "max_batch", "max_batch_tokens", "syscall_rate", "context_window",
-                    "llm_tokens_per_min")
 
 
 class KernelCalls:
@@ -304,61 +302,6 @@ class KernelCalls:
 
     def k_log_event(self, caller, args, target, h):
         return True  # the audit record made by answer() carries the message
-
-    # ---- access --------------------------------------------------------------------------
-    def k_grant(self, caller, args, target, h):
-        g = self.rules.grant(caller, args["resource"], args["grantee"], args.get("rights") or "r")
-        return {"owner": g.owner, "resource": g.resource, "grantee": g.grantee, "rights": g.rights}
-
-    def k_revoke(self, caller, args, target, h):
-        return self.rules.revoke(caller, args["resource"], args["grantee"], args.get("rights") or "rw")
-
-    def k_encrypt_data(self, caller, args, target, h):
-        data = args["data"]
-        return crypto.seal(self.master_key(), caller.name, data.encode() if isinstance(data, str) else data)
-
-    def k_decrypt_data(self, caller, args, target, h):
-        owner = crypto.owner_of(args["blob"])
-        if owner != caller.name and not self.rules.allowed(caller, "crypto", Principal(-1, owner), "r"):
-            raise AiosError("EACCES", f"{self.who(caller)} may not decrypt data of '{owner}'")
-        return crypto.open_sealed(self.master_key(), args["blob"])
-
-    def master_key(self) -> bytes:
-        if not hasattr(self, "_master"):
-            self._master = crypto.load_master_key(self.cfg.home / "master.key")
-        return self._master
-
-    # ---- system --------------------------------------------------------------------------
-    def k_sys_status(self, caller, args, target, h):
-        return {"pid": os.getpid(), "home": str(self.cfg.home), "uptime_s": round(time.time() - self.started_at, 1),
-                "managers": [m.describe() for m in self.sup.procs.values()],
-                "agents": len(self.table.alive()), "scheduler": self.cfg.scheduler}
-
-    def k_sys_metrics(self, caller, args, target, h):
-        return {**self.counters, "pending": len(self.pending), "held": len(self.held),
-                "agents_alive": len(self.table.alive()), "agents_total": len(self.table.rows)}
-
-    def k_sys_set(self, caller, args, target, h):
-        clean = {}
-        for key, value in args["settings"].items():
-            if key not in RUNTIME_SETTINGS:
-                raise AiosError("EINVAL", f"'{key}' cannot be changed at run time "
-                                          f"(one of {', '.join(RUNTIME_SETTINGS)})")
-            clean[key] = coerce(self.cfg, key, value, "aiosd set")
-            check_value(key, clean[key], "aiosd set")
-        self.apply_settings(clean)
-        return clean
-
-    def apply_settings(self, clean: dict) -> None:
-        """Run-time settings, checked: in the kernel, and to every manager (`aiosd set`, SIGHUP)."""
-        for key, value in clean.items():
-            setattr(self.cfg, key, value)
-        self.llm_limits.tokens_per_min = self.cfg.llm_tokens_per_min
-        self.broadcast({"event": "config", "settings": clean})
-
-    def k_sys_stop(self, caller, args, target, h):
-        self.begin_stop()
-        return True
 
     def stop_agents(self) -> None:
         alive = self.table.alive()

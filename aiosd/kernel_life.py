@@ -15,7 +15,7 @@ import time
 from aiosd import protocol
 from aiosd.config import load
 from aiosd.errors import AiosError
-from aiosd.kernel_calls import RUNTIME_SETTINGS
+from aiosd.kernel_sys import RUNTIME_SETTINGS
 from aiosd.supervisor import MgrState
 
 log = logging.getLogger("aiosd")
