@@ -38,7 +38,7 @@ from aiosd.kernel_reads import LOCAL_READS, LocalReads
 from aiosd.kernel_sys import SystemCalls
 from aiosd.limits import LLM_CALLS, LlmLimits
 from aiosd.proctable import ProcessTable
-from aiosd.storage_db import saved_agents
+from aiosd.storage_raw import saved_agents
 from aiosd.ratelimit import TokenBucket
 from aiosd.supervisor import Supervisor
 from aiosd.syscalls import SYSCALLS, Syscall

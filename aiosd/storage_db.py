@@ -10,6 +10,7 @@ Layout (one environment, one writer process):
   audit     time_ns(8) seq(8)      -> an audit record, appended in key order (aiosd/audit_log.py)
   procs     aid(8)                 -> an exited agent's process-table row
   history, snapshots               -> raw values for the memory manager and the llm worker
+                                      (these and procs, index, agent_snaps: aiosd/storage_raw.py)
   agent_snaps ns\\0id              -> an agent snapshot (memory, context, files)
 """
 
@@ -28,9 +29,8 @@ from aiosd.audit_log import AuditLog
 from aiosd.blob_log import GC_BACKLOG, BlobLog, bkey, migrate_versions
 from aiosd.errors import AiosError
 from aiosd.storage_paths import check_ns, check_path, fkey, version_key, vkey
+from aiosd.storage_raw import DBS, RawTables
 
-DBS = ("files", "blobs", "dead", "history", "audit", "procs", "snapshots", "agent_snaps", "index", "quotas")
-RAW_DBS = ("history", "snapshots", "procs", "index", "agent_snaps")  # reachable by _sto_put/_sto_get
 # File and quota records are written by this module alone: they are decoded without the
 # wire's checks (protocol.unpack), which cost more than the decoding on every write and read
 
@@ -49,19 +49,6 @@ def as_bytes(data: Any) -> bytes:
     if isinstance(data, (bytes, bytearray, memoryview)):
         return bytes(data)
     raise AiosError("EINVAL", "data must be bytes or a string")
-
-
-def raw_db(db: str) -> str:
-    """A sub-database the internal raw calls (_sto_put, _sto_get, _sto_drop) may touch."""
-    if db not in RAW_DBS:
-        raise AiosError("EINVAL", f"no sub-database '{db}' (one of {', '.join(RAW_DBS)})")
-    return db
-
-
-def prefix_end(prefix: bytes) -> bytes:
-    """The smallest key greater than every key that starts with `prefix` (b"" for none)."""
-    head = prefix.rstrip(b"\xff")
-    return head[:-1] + bytes([head[-1] + 1]) if head else b""
 
 
 class TooBig(Exception):
@@ -146,39 +133,7 @@ class StorageReader:
 
 
 
-def saved_agents(path: str | Path, limit: int = 1000) -> tuple[list[dict], int]:
-    """The newest `limit` process-table rows that kernels saved in this environment (`procs`),
-    oldest first, and the highest aid saved (0: none). The kernel reads them as it starts,
-    before the storage manager opens the environment for writing."""
-    if not (Path(path) / "data.mdb").exists():
-        return [], 0
-    env = lmdb.open(str(path), readonly=True, create=False, max_dbs=len(DBS) + 2, subdir=True)
-    try:
-        try:
-            db = env.open_db(b"procs", create=False)
-        except lmdb.NotFoundError:
-            return [], 0
-        rows: list[dict] = []
-        last = 0
-        with env.begin(db=db) as txn:
-            cur = txn.cursor()
-            if cur.last():
-                last = int.from_bytes(cur.key(), "big")
-                for _, raw in cur.iterprev():
-                    try:
-                        row = protocol.unpack(raw, 1 << 20)
-                    except AiosError:
-                        continue
-                    if isinstance(row, dict):
-                        rows.append(row)
-                    if len(rows) >= limit:
-                        break
-        return rows[::-1], last
-    finally:
-        env.close()
-
-
-class StorageDB(StorageReader):
+class StorageDB(StorageReader, RawTables):
     def __init__(self, path: str | Path, map_size: int = 1 << 32, versions_kept: int = 8,
                  default_quota: int = 256 << 20, sync: str = "full"):
         self.path = Path(path)
@@ -326,64 +281,6 @@ class StorageDB(StorageReader):
     def usage(self, ns: str) -> dict:
         with self.env.begin() as txn:
             return self.quota(txn, ns)
-
-    # ---- raw sub-databases --------------------------------------------------------------
-    def raw_put_op(self, db: str, key: bytes, value: Any) -> Callable:
-        raw_db(db)
-
-        def op(txn):
-            if value is None:
-                return {"deleted": txn.delete(key, db=self.db[db])}
-            txn.put(key, protocol.pack(value), db=self.db[db])
-            return {"stored": True}
-        return op
-
-    def raw_drop_op(self, db: str, prefix: bytes) -> Callable:
-        raw_db(db)
-        if not prefix:
-            raise AiosError("EINVAL", "a prefix to drop must not be empty")
-
-        def op(txn):
-            cur, n = txn.cursor(self.db[db]), 0
-            found = cur.set_range(prefix)
-            while found and cur.key().startswith(prefix):
-                found = cur.delete()  # moves to the next key
-                n += 1
-            return {"deleted": n}
-        return op
-
-    def raw_get(self, db: str, key: bytes) -> Any:
-        raw_db(db)
-        with self.env.begin(buffers=False) as txn:
-            raw = txn.get(key, db=self.db[db])
-        if raw is None:
-            raise AiosError("ENOENT", f"no key {key[:64]!r} in {db}")
-        return protocol.unpack(raw, 1 << 31)
-
-    def raw_last(self, db: str, prefix: bytes) -> tuple[bytes, Any]:
-        """The greatest key under `prefix` and its value (ENOENT: none)."""
-        raw_db(db)
-        if not prefix:
-            raise AiosError("EINVAL", "a prefix must not be empty")
-        with self.env.begin(buffers=False) as txn:
-            cur = txn.cursor(self.db[db])
-            # the first key past the prefix's range, then one back
-            end = prefix_end(prefix)
-            found = cur.prev() if end and cur.set_range(end) else cur.last()
-            if found and cur.key().startswith(prefix):
-                return cur.key(), protocol.unpack(cur.value(), 1 << 31)
-        raise AiosError("ENOENT", f"no key under {prefix[:64]!r} in {db}")
-
-    def raw_scan(self, db: str, prefix: bytes) -> list[tuple[bytes, Any]]:
-        out = []
-        with self.env.begin() as txn:
-            cur = txn.cursor(self.db[db])
-            if cur.set_range(prefix):
-                for k, v in cur:
-                    if not k.startswith(prefix):
-                        break
-                    out.append((k, protocol.unpack(v, 1 << 31)))
-        return out
 
     # ---- audit (aiosd/audit_log.py) -----------------------------------------------------
     def audit_op(self, records: list) -> Callable:

@@ -9,7 +9,8 @@ from aiosd import protocol
 from aiosd.audit import AuditBuffer
 from aiosd.errors import AiosError
 from aiosd.group_commit import GroupCommitWriter
-from aiosd.storage_db import StorageDB, prefix_end
+from aiosd.storage_db import StorageDB
+from aiosd.storage_raw import prefix_end
 from aiosd.storage_paths import check_path
 
 
