@@ -74,7 +74,7 @@ class RecAgent(Agent):
     def preferences(self, task: str) -> str:
         self.sys.mem_write(task, key=None, role="user", metadata={"kind": "preference"})
         records = self.sys.mem_read(last=5) or []
-        # memory may outlive a run (persisted by name): the same preference twice is one
+        # memory may hold earlier runs (mem_restore of a persisted one): the same preference twice is one
         seen = list(dict.fromkeys(_content(r).strip() for r in records if _content(r).strip()))
         return " ".join(seen) or task
 
