@@ -225,6 +225,8 @@ class StorageDB(StorageReader, RawTables):
         if delta > 0 and q["used"] + delta > q["quota"]:
             raise AiosError("ENOSPC", f"namespace '{ns}' would hold {q['used'] + delta} bytes, "
                                       f"over its quota of {q['quota']}")
+        if delta == 0 and recorded:
+            return  # an unchanged record would still dirty a page that the commit syncs
         q["used"] = max(0, q["used"] + delta)
         txn.put(ns.encode(), dump_record(q), db=self.db["quotas"])
 
