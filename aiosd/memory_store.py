@@ -31,8 +31,6 @@ def record_size(rec: dict) -> int:
 
 
 SWAP_PREFIX = b"mem:"
-
-
 PERSIST_PREFIX = b"persist:"
 
 

@@ -132,7 +132,6 @@ class StorageReader:
         return out
 
 
-
 class StorageDB(StorageReader, RawTables):
     def __init__(self, path: str | Path, map_size: int = 1 << 32, versions_kept: int = 8,
                  default_quota: int = 256 << 20, sync: str = "full"):
