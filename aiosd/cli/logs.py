@@ -17,8 +17,7 @@ from pathlib import Path
 
 from aiosd.cli.common import add_home, home_of, root_client, run_command
 from aiosd.errors import AiosError
-
-ENDED = ("EXITED", "KILLED")
+from aiosd.proctable import AgentState
 
 
 def parse_since(value: str) -> float:
@@ -70,7 +69,7 @@ def agent_running(home: Path, aid: int) -> Callable[[], bool]:
         nonlocal client
         try:
             client = client or root_client(home, timeout=5)
-            return client.syscall("get_status", {"aid": aid})["status"] not in ENDED
+            return AgentState(client.syscall("get_status", {"aid": aid})["status"]).alive
         except AiosError:  # the daemon is gone (its agents with it), or the aid is unknown
             return False
     return running
