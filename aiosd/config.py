@@ -38,7 +38,7 @@ CHOICES = {
 POSITIVE = frozenset({
     "quantum", "max_batch", "max_batch_tokens", "prefill_chunk", "context_window", "shm_threshold",
     "max_frame", "heartbeat_s", "heartbeat_liveness", "fatal_after", "start_timeout_s",
-    "versions_kept", "syscall_rate", "max_queued_llm", "rlimit_nofile", "storage_map_size",
+    "versions_kept", "persist_kept", "syscall_rate", "max_queued_llm", "rlimit_nofile", "storage_map_size",
     "storage_max_batch", "llm_timeout_s", "llm_remote_workers", "llm_remote_per_agent", "tool_pool",
     "tool_timeout_s", "tool_nofile"})
 # the same where 0 means none, unlimited or the default
@@ -133,6 +133,7 @@ class Config:
     storage_quota: int = 256 << 20
     memory_policy: str = "evict"      # evict | fail
     versions_kept: int = 8
+    persist_kept: int = 8             # memories persisted at exit (mem_persist) kept per agent name
     syscall_rate: float = 5000.0      # per second, token bucket
     llm_tokens_per_min: int = 0       # 0: unlimited
     max_queued_llm: int = 64

@@ -79,15 +79,22 @@ class RawTables:
             return {"stored": True}
         return op
 
-    def raw_drop_op(self, db: str, prefix: bytes) -> Callable:
+    def raw_drop_op(self, db: str, prefix: bytes, keep: int = 0) -> Callable:
+        """Delete every key under `prefix` but the `keep` greatest."""
         raw_db(db)
         if not prefix:
             raise AiosError("EINVAL", "a prefix to drop must not be empty")
 
         def op(txn):
-            cur, n = txn.cursor(self.db[db]), 0
-            found = cur.set_range(prefix)
-            while found and cur.key().startswith(prefix):
+            cur = txn.cursor(self.db[db])
+            limit = None  # delete all
+            if keep:
+                limit, found = -keep, cur.set_range(prefix)
+                while found and cur.key().startswith(prefix):
+                    limit += 1
+                    found = cur.next()
+            n, found = 0, cur.set_range(prefix)
+            while found and cur.key().startswith(prefix) and (limit is None or n < limit):
                 found = cur.delete()  # moves to the next key
                 n += 1
             return {"deleted": n}

@@ -211,7 +211,9 @@ TABLE: tuple[Syscall, ...] = (
     ), "raw get from a storage sub-database", group="internal"),
     Syscall("_sto_drop", "storage", "internal", (
         Arg("db", "str", required=True), Arg("prefix", "bytes", required=True, max_len=256),
-    ), "delete every key under a prefix of a storage sub-database", group="internal"),
+        Arg("keep", "int", min=0, max=1 << 20),
+    ), "delete every key under a prefix of a storage sub-database but the `keep` greatest",
+        group="internal"),
     Syscall("_sto_last", "storage", "internal", (
         Arg("db", "str", required=True), Arg("prefix", "bytes", required=True, max_len=256),
     ), "the greatest key under a prefix of a storage sub-database, and its value", group="internal"),

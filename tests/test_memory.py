@@ -122,6 +122,33 @@ def test_restore_takes_the_latest_persisted_run_of_the_name_only(daemon):
     assert c.syscall("mem_read", {"key": "note"})["records"][0]["content"] == "second run"
 
 
+def test_only_the_last_persist_kept_runs_of_a_name_are_kept(make_daemon):
+    d = make_daemon(managers="storage,memory", persist_kept=2)
+    aids = []
+    for run in range(4):
+        aid, c = d.agent("mem-kept", argv=[sys.executable, "-c", "import time; time.sleep(60)"])
+        c.syscall("mem_persist", {"on_exit": True})
+        c.syscall("mem_write", {"content": f"run {run}"})
+        d.root.syscall("kill_agent", {"aid": aid, "signal": "TERM"})
+        d.root.syscall("wait_agent", {"aid": aid, "timeout": 30})
+        aids.append(aid)
+    _, c = d.agent("mem-kept")  # served after the last exit's records are committed (see above)
+    assert c.syscall("mem_restore", {})["from_aid"] == aids[-1]
+    assert persisted_aids(d.home, "mem-kept") == aids[-2:]
+
+
+def persisted_aids(home, name: str) -> list[int]:
+    env = lmdb.open(str(home / "data" / "storage.lmdb"), readonly=True, max_dbs=16, lock=True)
+    try:
+        with env.begin(db=env.open_db(b"history", create=False)) as txn:
+            prefix = f"persist:{name}\0".encode()
+            cur = txn.cursor()
+            keys = cur.iternext(values=False) if cur.set_range(prefix) else ()
+            return [int(k[len(prefix):]) for k in keys if k.startswith(prefix)]
+    finally:
+        env.close()
+
+
 def swapped_records(home) -> int:
     env = lmdb.open(str(home / "data" / "storage.lmdb"), readonly=True, max_dbs=16, lock=True)
     try:

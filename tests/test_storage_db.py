@@ -201,6 +201,18 @@ def test_raw_drop_deletes_a_prefix_and_nothing_else(tmp_path):
         db.raw_drop_op("files", b"x")
 
 
+def test_raw_drop_can_keep_the_greatest_keys_under_the_prefix(tmp_path):
+    db = StorageDB(tmp_path / "s.lmdb")
+    for k in (b"p:a\0001", b"p:a\0002", b"p:a\0003", b"p:a\0004", b"p:ab\0001", b"q"):
+        db.write_now(db.raw_put_op("history", k, 1))
+    assert db.write_now(db.raw_drop_op("history", b"p:a\0", keep=2)) == {"deleted": 2}
+    assert [k for k, _ in db.raw_scan("history", b"")] == [b"p:a\0003", b"p:a\0004", b"p:ab\0001", b"q"]
+    assert db.write_now(db.raw_drop_op("history", b"p:a\0", keep=2)) == {"deleted": 0}
+    assert db.write_now(db.raw_drop_op("history", b"p:a\0", keep=5)) == {"deleted": 0}
+    assert db.write_now(db.raw_drop_op("history", b"p:a\0", keep=1)) == {"deleted": 1}
+    assert db.raw_last("history", b"p:a\0")[0] == b"p:a\0004"
+
+
 def test_raw_last_is_the_greatest_key_under_a_prefix(tmp_path):
     db = StorageDB(tmp_path / "s.lmdb")
     assert prefix_end(b"ab\xff") == b"ac" and prefix_end(b"\xff") == b""

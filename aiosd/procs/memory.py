@@ -278,8 +278,12 @@ class MemoryManager(Manager):
             return
         try:
             if mem.persist:
-                key = persist_key(event.get("name") or f"aid{mem.aid}", mem.aid)
-                self.call("_sto_put", {"db": "history", "key": key, "value": self.everything(mem)})
+                name = event.get("name") or f"aid{mem.aid}"
+                self.call("_sto_put", {"db": "history", "key": persist_key(name, mem.aid),
+                                       "value": self.everything(mem)})
+                # a name run daily would otherwise keep every run's memory for good
+                self.call("_sto_drop", {"db": "history", "prefix": persist_prefix(name),
+                                        "keep": self.cfg.persist_kept})
             self.drop_disk(mem, list(mem.on_disk))
         finally:
             self.store.release(mem.aid)

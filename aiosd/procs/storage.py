@@ -310,7 +310,8 @@ class StorageManager(Manager):
         return self.queue_op(req, self.db.raw_put_op(req.args["db"], bytes(req.args["key"]), req.args.get("value")))
 
     def handle_sto_drop(self, req: Request) -> Any:
-        return self.queue_op(req, self.db.raw_drop_op(req.args["db"], bytes(req.args["prefix"])))
+        return self.queue_op(req, self.db.raw_drop_op(req.args["db"], bytes(req.args["prefix"]),
+                                                                int(req.args.get("keep") or 0)))
 
     def handle_sto_last(self, req: Request) -> Any:
         self.flush()  # a put still queued must be visible, as for _sto_get
