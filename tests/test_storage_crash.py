@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from libaios import AiosError
+from libaios import AiosError, Client
 
 WRITERS = 16
 RETRY = ("EIO", "ETIMEDOUT", "EUNAVAIL", "EBUSY")
@@ -85,3 +85,54 @@ def test_sigkill_storage_loses_no_acknowledged_write(make_daemon, round_):
             got = c.syscall("sto_read", {"path": path})
             assert got["data"] == data, (w, n)  # intact: never torn, never another writer's
             assert got["version"] >= version
+
+
+def test_sigkill_of_the_whole_daemon_loses_no_acknowledged_write(make_daemon):
+    """Kernel and managers SIGKILLed at the same instant (an OOM kill of the whole tree), with
+    16 writers mid-stream; after `aiosd start`, agents of the same names find every write
+    they were acknowledged, whole."""
+    d = make_daemon(managers=["storage"])
+    agents = [d.agent(f"whole-w{w}") for w in range(WRITERS)]
+    killed = threading.Event()
+    acked: list[list] = [[] for _ in range(WRITERS)]
+    errors: list = []
+
+    def write(w: int, aid: int, client) -> None:
+        try:
+            client.syscall("set_aid", {"aid": aid})
+            for n in range(1 << 30):
+                data = payload(w, n)
+                try:
+                    v = client.syscall("sto_write", {"path": f"rec/{n:06d}", "data": data}, timeout=3)
+                except AiosError:
+                    if not killed.is_set():
+                        raise
+                    return  # the daemon is gone: this write was never acknowledged
+                acked[w].append((n, data, v["version"]))
+        except BaseException as exc:  # noqa: BLE001 - a dead writer must fail the test by name
+            errors.append(exc)
+
+    threads = [threading.Thread(target=write, args=(w, aid, c), daemon=True)
+               for w, (aid, c) in enumerate(agents)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    pids = [d.pid()] + [m["pid"] for m in d.root.syscall("sys_status")["managers"]]
+    killed.set()
+    for pid in pids:
+        os.kill(pid, signal.SIGKILL)
+    for t in threads:
+        t.join(30)
+    assert not errors, errors
+    assert sum(len(a) for a in acked) > WRITERS
+    for _, c in agents:
+        c.close()
+    r = d.run_cli("aiosd", "start", "--timeout", "60")
+    assert r.returncode == 0, r.stderr
+    d.root = Client(d.home)
+    for w in range(WRITERS):
+        _, c = d.agent(f"whole-w{w}")  # a new run of the same name: the same namespace
+        paths = set(c.syscall("sto_list", {"prefix": "rec/"})["paths"])
+        for n, data, version in acked[w]:
+            got = c.syscall("sto_read", {"path": f"rec/{n:06d}"})
+            assert f"rec/{n:06d}" in paths and got["data"] == data and got["version"] == version, (w, n)
