@@ -20,20 +20,20 @@ import zmq
 
 from aiosd import protocol
 from aiosd.blob_log import GC_IDLE_BATCH
-from aiosd.embed import Embedder, top_k
+from aiosd.embed import Embedder
 from aiosd.errors import AiosError
 from aiosd.procs.base import DEFERRED, Manager, Request, run_manager
+from aiosd.procs.storage_retrieval import Retrieval
+from aiosd.procs.storage_snapshots import AgentSnapshots
 from aiosd.group_commit import GroupCommitWriter
 from aiosd.storage_db import StorageDB
-from aiosd.storage_paths import check_ns, vkey
-
-import numpy as np
+from aiosd.storage_paths import check_ns
 
 SNAP_CALLS = ("snapshot_create", "snapshot_restore")
 GC_AFTER_PAUSE_S = 1.0  # dropped versions are freed when writes pause this long (or GC_IDLE_BATCH wait)
 
 
-class StorageManager(Manager):
+class StorageManager(Retrieval, AgentSnapshots, Manager):
     name = "storage"
     batch_replies = True  # a committed batch's answers go back to the kernel as one frame
 
@@ -194,95 +194,6 @@ class StorageManager(Manager):
 
     def handle_sto_list(self, req: Request) -> Any:
         return {"paths": self.db.list(self.ns(req), req.args.get("prefix") or "")}
-
-    # ---- retrieval ----------------------------------------------------------------------
-    def handle_sto_retrieve(self, req: Request) -> Any:
-        ns, query, k = self.ns(req), req.args["query"], int(req.args.get("k") or 5)
-        self.embedder.start()
-        self.jobs += 1
-        self.pool.submit(self._retrieve_job, req.id, ns, query, k)
-        return DEFERRED
-
-    def _retrieve_job(self, rid: Any, ns: str, query: str, k: int) -> None:
-        try:
-            self.done.put((rid, self.retrieve(ns, query, k), None))
-        except AiosError as exc:
-            self.done.put((rid, None, exc))
-        except Exception as exc:  # a bug here must still answer the caller
-            self.done.put((rid, None, AiosError("EIO", f"retrieval failed: {type(exc).__name__}: {exc}")))
-
-    def retrieve(self, ns: str, query: str, k: int) -> dict:
-        """Rank the latest version of every text file in the namespace by similarity."""
-        docs, vecs, todo = [], [], []
-        with self.db.env.begin(buffers=False) as txn:
-            for path in self.db.list(ns):
-                meta = self.db.file_meta(txn, ns, path)
-                key = vkey(ns, path, meta["v"])
-                try:
-                    text = self.db.version_bytes(txn, meta, path, meta["v"]).decode()
-                except UnicodeDecodeError:
-                    continue  # binary files are not retrievable text
-                if "\0" in text or not text.strip():
-                    continue
-                cached = txn.get(key, db=self.db.db["index"])
-                vec = np.frombuffer(protocol.unpack(cached, 1 << 20), dtype=np.float32) if cached else None
-                if vec is None:
-                    todo.append(len(docs))
-                docs.append({"path": path, "version": meta["v"], "text": text, "key": key})
-                vecs.append(vec)
-        if todo:
-            fresh = self.embedder.encode([docs[i]["text"][:8192] for i in todo])
-            for j, i in enumerate(todo):
-                vecs[i] = fresh[j]
-            self.jobs += 1
-            self.done.put(("index", [(docs[i]["key"], fresh[j].tobytes()) for j, i in enumerate(todo)], None))
-        if not docs:
-            return {"results": []}
-        q = self.embedder.encode([query])[0]
-        ranked = top_k(q, np.stack(vecs), k)
-        return {"results": [{"path": docs[i]["path"], "version": docs[i]["version"], "score": s,
-                             "text": docs[i]["text"][:4096]} for i, s in ranked]}
-
-    # ---- agent snapshots ----------------------------------------------------------------
-    def handle_snapshot_create(self, req: Request) -> Any:
-        ns = self.ns(req)
-        self.flush()
-        memory = self.call("_mem_dump", {"aid": req.aid}).get("records", [])
-        try:
-            context = self.call("_ctx_dump", {"aid": req.aid}, timeout=10.0)
-        except AiosError:  # an llm worker without contexts: the snapshot holds none
-            context = None
-        files = {p: self.db.read(ns, p)["data"] for p in self.db.list(ns)}
-        sid = f"snap-{time.time_ns():x}"
-        snap = {"id": sid, "label": req.args.get("label") or "", "time": time.time(), "aid": req.aid,
-                "memory": memory, "context": context, "files": files}
-        key = ns.encode() + b"\0" + sid.encode()
-        self.commit_now([self.db.raw_put_op("agent_snaps", key, snap)])
-        return {"snapshot": sid, "records": len(memory), "files": len(files), "context": context is not None}
-
-    def handle_snapshot_restore(self, req: Request) -> Any:
-        ns, sid = self.ns(req), req.args["snapshot"]
-        snap = self.db.raw_get("agent_snaps", ns.encode() + b"\0" + sid.encode())
-        self.flush()
-        ops = [self.db.delete_op(ns, p) for p in self.db.list(ns) if p not in snap["files"]]
-        for path, data in snap["files"].items():
-            try:
-                same = self.db.read(ns, path)["data"] == data
-            except AiosError:
-                same = False
-            if not same:  # rollback is a new version, so the rolled-over one stays readable
-                ops.append(self.db.write_op(ns, path, data))
-        self.commit_now(ops)
-        self.call("_mem_load", {"aid": req.aid, "records": snap["memory"]})
-        restored_ctx = False
-        if snap.get("context") is not None:
-            try:
-                self.call("_ctx_load", {"aid": req.aid, "context": snap["context"]}, timeout=10.0)
-                restored_ctx = True
-            except AiosError:
-                pass
-        return {"snapshot": sid, "records": len(snap["memory"]), "files": len(snap["files"]),
-                "context": restored_ctx}
 
     # ---- audit, raw databases, process rows ---------------------------------------------
     def handle_audit_query(self, req: Request) -> Any:
