@@ -283,6 +283,26 @@ class StorageDB(StorageReader, RawTables):
         with self.env.begin() as txn:
             return self.quota(txn, ns)
 
+    def usage_rows(self, ns: str | None = None) -> list[dict]:
+        """Bytes kept, quota and file count of one namespace, or of every namespace that
+        has written (each write keeps its namespace's quota record)."""
+        with self.env.begin() as txn:
+            if ns is not None:
+                names = [ns]
+            else:
+                names = [k.decode() for k in txn.cursor(self.db["quotas"]).iternext(values=False)]
+            rows = []
+            for name in names:
+                q, start = self.quota(txn, name), fkey(name, "")
+                cur, files = txn.cursor(self.db["files"]), 0
+                if cur.set_range(start):
+                    for key in cur.iternext(values=False):
+                        if not key.startswith(start):
+                            break
+                        files += 1
+                rows.append({"name": name, "used": q["used"], "quota": q["quota"], "files": files})
+        return rows
+
     # ---- audit (aiosd/audit_log.py) -----------------------------------------------------
     def audit_op(self, records: list) -> Callable:
         return self.audit.append_op(records)

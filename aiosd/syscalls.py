@@ -171,6 +171,9 @@ TABLE: tuple[Syscall, ...] = (
     Syscall("sto_versions", "storage", "agent", (
         Arg("path", "str", required=True, max_len=4096), Arg("owner", "str", max_len=64),
     ), "the versions kept of a file", target="owner", resource="storage:read", group="storage"),
+    Syscall("sto_usage", "storage", "agent", (Arg("owner", "str", max_len=64), Arg("all", "bool")),
+            "bytes kept, quota and files of the caller's namespace (all: every one, root only)",
+            target="owner", resource="storage:read", group="storage"),
     Syscall("snapshot_create", "storage", "agent", (Arg("label", "str", max_len=256),),
             "snapshot the caller's memory, context and files", group="storage"),
     Syscall("snapshot_restore", "storage", "agent", (Arg("snapshot", "str", required=True, max_len=64),),

@@ -231,6 +231,12 @@ def sto_versions(path: str, *, owner: str | None = None) -> list:
     return _field(_call("sto_versions", {"path": path, "owner": owner}), "versions")
 
 
+def sto_usage(*, owner: str | None = None, all: bool = False) -> list:  # noqa: A002 - the syscall's name
+    """[{name, used, quota, files}]: the caller's namespace (or a granting owner's); all=True,
+    every namespace (root only)."""
+    return _field(_call("sto_usage", {"owner": owner, "all": all}), "namespaces")
+
+
 def snapshot_create(label: str | None = None) -> Any:
     return _call("snapshot_create", {"label": label})
 

@@ -205,3 +205,26 @@ def test_aios_sto_shows_an_agents_files_as_root(daemon):
     assert "Traceback" not in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     hostile = daemon.run_cli("aios-sto", "cat", "sto-cli", "../other/x")
     assert hostile.returncode == 1 and hostile.stderr.startswith("aios-sto: EINVAL: ")
+
+
+def test_usage_per_name_for_agents_and_aios_sto_du(daemon):
+    _, a = daemon.agent("du-a")
+    _, b = daemon.agent("du-b")
+    a.syscall("sto_alloc", {"size": 1 << 20})
+    for _ in range(2):
+        a.syscall("sto_write", {"path": "f", "data": b"x" * 1000})  # two kept versions
+    a.syscall("sto_write", {"path": "g", "data": b"y" * 24})
+    b.syscall("sto_write", {"path": "h", "data": b"z"})
+    assert a.syscall("sto_usage", {})["namespaces"] == [
+        {"name": "du-a", "used": 2024, "quota": 1 << 20, "files": 2}]
+    # another name's usage needs a grant, every name's needs root
+    assert code_of(b.syscall, "sto_usage", {"owner": "du-a"}) == "EACCES"
+    assert code_of(b.syscall, "sto_usage", {"all": True}) == "EACCES"
+    rows = {r["name"]: r for r in daemon.root.syscall("sto_usage", {"all": True})["namespaces"]}
+    assert rows["du-a"]["used"] == 2024 and rows["du-b"] == {"name": "du-b", "used": 1,
+                                                             "quota": rows["du-b"]["quota"], "files": 1}
+    du = daemon.run_cli("aios-sto", "du")
+    assert du.returncode == 0 and du.stdout.split()[:5] == ["USED", "QUOTA", "USE%", "FILES", "NAME"], du.stderr
+    assert any(line.split()[-2:] == ["2", "du-a"] for line in du.stdout.splitlines())
+    one = json.loads(daemon.run_cli("aios-sto", "du", "du-b", "--json").stdout)
+    assert [r["name"] for r in one] == ["du-b"]

@@ -227,3 +227,14 @@ def test_raw_last_is_the_greatest_key_under_a_prefix(tmp_path):
         with pytest.raises(AiosError) as e:
             db.raw_last("history", prefix)
         assert e.value.code == "ENOENT"
+
+
+def test_usage_rows_of_one_namespace_and_of_all(tmp_path):
+    db = StorageDB(tmp_path / "s.lmdb", default_quota=1000)
+    db.write_now(db.write_op("a", "x/1", b"12345"))
+    db.write_now(db.write_op("a", "x/2", b"12"))
+    db.write_now(db.write_op("ab", "y", b"1"))  # a name that begins with another's
+    assert db.usage_rows("a") == [{"name": "a", "used": 7, "quota": 1000, "files": 2}]
+    assert db.usage_rows() == [{"name": "a", "used": 7, "quota": 1000, "files": 2},
+                               {"name": "ab", "used": 1, "quota": 1000, "files": 1}]
+    assert db.usage_rows("never") == [{"name": "never", "used": 0, "quota": 1000, "files": 0}]

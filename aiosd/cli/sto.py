@@ -1,5 +1,6 @@
-"""aios-sto ls|cat|versions: look into an agent's storage as root (ls, cat and versions of
-the files that agent name keeps; every look is a syscall, so it is audited like any other)."""
+"""aios-sto ls|cat|versions|du: look into an agent's storage as root (ls, cat and versions of
+the files that agent name keeps; du, the bytes each name keeps against its quota, as `docker
+system df` does for images). Every look is a syscall, so it is audited like any other."""
 
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ def execute(argv: list[str]) -> int:
     ver.add_argument("name")
     ver.add_argument("path")
     ver.add_argument("--json", action="store_true")
+    du = sub.add_parser("du", help="bytes kept, quota and files of every agent name, or of one")
+    du.add_argument("name", nargs="?", help="one agent name (default: every one that has written)")
+    du.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
     client = root_client(home_of(args), timeout=30)
 
@@ -36,6 +40,8 @@ def execute(argv: list[str]) -> int:
         sys.stdout.buffer.write(data if isinstance(data, bytes) else str(data).encode())
         sys.stdout.flush()
         return 0
+    if args.cmd == "du":
+        return disk_usage(client, args.name, args.json)
     if args.cmd == "versions":
         rows = client.syscall("sto_versions", {"path": args.path, "owner": args.name})["versions"]
         if args.json:
@@ -61,6 +67,19 @@ def execute(argv: list[str]) -> int:
     for r in rows:
         print(f"{r['version']:>7} {r['versions']:>4} {fmt_bytes(r['size']):>9} {fmt_bytes(r['bytes_kept']):>9}  "
               f"{r['path']}")
+    return 0
+
+
+def disk_usage(client, name: str | None, as_json: bool) -> int:
+    args = {"owner": name} if name else {"all": True}
+    rows = client.syscall("sto_usage", args)["namespaces"]
+    if as_json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'USED':>9} {'QUOTA':>9} {'USE%':>5} {'FILES':>6}  NAME")
+    for r in sorted(rows, key=lambda r: -r["used"]):
+        pct = 100.0 * r["used"] / r["quota"] if r["quota"] else 0.0
+        print(f"{fmt_bytes(r['used']):>9} {fmt_bytes(r['quota']):>9} {pct:>4.0f}% {r['files']:>6}  {r['name']}")
     return 0
 
 

@@ -192,6 +192,13 @@ class StorageManager(Retrieval, AgentSnapshots, Manager):
     def handle_sto_versions(self, req: Request) -> Any:
         return {"versions": self.db.versions(self.ns(req), req.args["path"])}
 
+    def handle_sto_usage(self, req: Request) -> Any:
+        if req.args.get("all"):
+            if not req.ctx.get("is_root"):
+                raise AiosError("EACCES", "only root may see every namespace's usage")
+            return {"namespaces": self.db.usage_rows()}
+        return {"namespaces": self.db.usage_rows(self.ns(req))}
+
     def handle_sto_list(self, req: Request) -> Any:
         return {"paths": self.db.list(self.ns(req), req.args.get("prefix") or "")}
 
