@@ -3,7 +3,9 @@
   audit  time_ns(8) seq(8)  -> a record (aiosd/audit.py builds them in the kernel)
 
 Keys only ever grow, so every append lands on the last page, and a query walks back from
-the newest record until it passes the window it was asked for.
+the newest record until it passes the window it was asked for. Every syscall leaves a record,
+so the log is bounded (`audit_keep` records, `audit_keep_days`): the storage manager deletes
+the oldest past either bound in small transactions when its writer is idle.
 """
 
 from __future__ import annotations
@@ -47,6 +49,29 @@ class AuditLog:
             return {"appended": len(values)}
         return op
 
+    def over(self, keep: int, max_age_s: float) -> bool:
+        """Whether the log holds more than `keep` records (0: no limit) or any older than
+        `max_age_s` (0: no limit). One stat and one cursor step: cheap enough for every idle tick."""
+        with self.env.begin() as txn:
+            if keep and txn.stat(self.db)["entries"] > keep:
+                return True
+            cur = txn.cursor(self.db)
+            return bool(max_age_s) and cur.first() and _KEY.unpack(cur.key()[:16])[0] < _cutoff_ns(max_age_s)
+
+    def prune_op(self, keep: int, max_age_s: float, limit: int) -> Callable:
+        """An op that deletes at most `limit` of the oldest records, those past either bound."""
+        def op(txn) -> dict:
+            excess = max(0, txn.stat(self.db)["entries"] - keep) if keep else 0
+            cutoff = _cutoff_ns(max_age_s) if max_age_s else 0
+            cur, n = txn.cursor(self.db), 0
+            positioned = cur.first()
+            while positioned and n < limit and (n < excess or _KEY.unpack(cur.key()[:16])[0] < cutoff):
+                positioned = cur.delete()  # and moves to the next record
+                n += 1
+            return {"pruned": n}
+        op.fails_before_writing = True
+        return op
+
     def query(self, aid: int | None = None, name: str | None = None, since: float | None = None,
               until: float | None = None, call: str | None = None, limit: int = 1000) -> list[dict]:
         """The newest `limit` matching records, oldest first."""
@@ -74,3 +99,7 @@ class AuditLog:
                     break
         out.reverse()
         return out
+
+
+def _cutoff_ns(max_age_s: float) -> int:
+    return time.time_ns() - int(max_age_s * 1e9)

@@ -46,7 +46,7 @@ NON_NEGATIVE = frozenset({
     "snapshot_budget_bytes", "torch_threads", "restart_backoff_s", "restart_backoff_max_s",
     "quick_death_s", "stop_timeout_s", "memory_quota", "storage_quota", "llm_tokens_per_min",
     "rlimit_as", "rlimit_cpu", "rlimit_nproc", "prefix_cache_bytes", "max_children", "tool_workers",
-    "tool_queue"})
+    "tool_queue", "audit_keep", "audit_keep_days"})
 
 
 def parse_http(spec: str) -> tuple[str, int]:
@@ -134,6 +134,8 @@ class Config:
     memory_policy: str = "evict"      # evict | fail
     versions_kept: int = 8
     persist_kept: int = 8             # memories persisted at exit (mem_persist) kept per agent name
+    audit_keep: int = 10_000_000      # audit records kept, newest (~2 GB; 0: every one)
+    audit_keep_days: float = 0.0      # and none older than this (0: no age limit)
     syscall_rate: float = 5000.0      # per second, token bucket
     llm_tokens_per_min: int = 0       # 0: unlimited
     max_queued_llm: int = 64

@@ -228,3 +228,21 @@ def test_usage_per_name_for_agents_and_aios_sto_du(daemon):
     assert any(line.split()[-2:] == ["2", "du-a"] for line in du.stdout.splitlines())
     one = json.loads(daemon.run_cli("aios-sto", "du", "du-b", "--json").stdout)
     assert [r["name"] for r in one] == ["du-b"]
+
+
+def test_audit_log_is_kept_to_audit_keep_records(make_daemon):
+    d = make_daemon(managers="storage", audit_keep=100)
+    _, c = d.agent("audit-bound")
+    for _ in range(400):
+        c.syscall("sto_list", {})
+
+    def count() -> int:
+        c.syscall("get_status", {})  # keeps records (and so storage's idle checks) coming
+        return len(d.root.syscall("audit_query", {"limit": 100000})["records"])
+
+    deadline = time.time() + 20
+    while count() > 110 and time.time() < deadline:  # what arrived after the last check may wait
+        time.sleep(0.2)
+    assert count() <= 110
+    newest = d.root.syscall("audit_query", {"call": "get_status", "limit": 1})["records"]
+    assert newest and newest[0]["name"] == "audit-bound"  # the oldest went, not the newest

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 
 import pytest
 
@@ -160,6 +161,24 @@ def test_audit_append_order_and_query(tmp_path):
     assert all(r["call"] == "sto_write" for r in db.audit_query(call="sto_write"))
     assert [r["t"] for r in db.audit_query(since=125.0, until=128.5)] == [125.0, 126.0, 127.0, 128.0]
     assert db.audit_query(name="n0", limit=1)[0]["t"] == 128.0
+    db.close()
+
+
+def test_audit_is_pruned_oldest_first_past_a_count_or_an_age(tmp_path):
+    db = StorageDB(tmp_path / "a", map_size=1 << 22)
+    db.write_now(db.audit_op([{"t": float(i), "call": "x"} for i in range(30)]))
+    assert db.audit.over(20, 0) and not db.audit.over(30, 0) and not db.audit.over(0, 0)
+    assert db.write_now(db.audit.prune_op(20, 0, limit=4)) == {"pruned": 4}  # a chunk at a time
+    assert db.write_now(db.audit.prune_op(20, 0, limit=100)) == {"pruned": 6}
+    assert not db.audit.over(20, 0)
+    assert [r["t"] for r in db.audit_query()] == [float(i) for i in range(10, 30)]
+    # by age: the keys' own times, so records that say they are old but arrived now stay
+    assert not db.audit.over(0, 60.0)
+    time.sleep(1.0)
+    db.write_now(db.audit_op([{"t": 99.0, "call": "y"}]))
+    assert db.audit.over(0, 0.5)
+    assert db.write_now(db.audit.prune_op(0, 0.5, limit=100)) == {"pruned": 20}
+    assert [r["t"] for r in db.audit_query()] == [99.0] and not db.audit.over(0, 0.5)
     db.close()
 
 
