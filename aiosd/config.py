@@ -134,7 +134,7 @@ class Config:
     memory_policy: str = "evict"      # evict | fail
     versions_kept: int = 8
     persist_kept: int = 8             # memories persisted at exit (mem_persist) kept per agent name
-    audit_keep: int = 10_000_000      # audit records kept, newest (~2 GB; 0: every one)
+    audit_keep: int = 10_000_000      # audit records kept, newest (~1.4 GB; 0: every one)
     audit_keep_days: float = 0.0      # and none older than this (0: no age limit)
     syscall_rate: float = 5000.0      # per second, token bucket
     llm_tokens_per_min: int = 0       # 0: unlimited
