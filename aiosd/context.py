@@ -1,7 +1,9 @@
 """The context manager's logic (paper section 4.2): generation snapshots and per-agent contexts.
 
-No sockets here: the llm worker passes in how to spill to storage (`spill`/`fetch` callables
-that make the `_sto_put`/`_sto_get` internal calls) and how to count tokens.
+No sockets here: the llm worker passes in how to spill to storage (`spill`/`fetch`/`discard`
+callables that make the `_sto_put`/`_sto_get` internal calls) and how to count tokens. `fetch`
+takes the bytes out of storage and `discard` deletes those of a snapshot that goes without being
+read back: a spilled K/V cache is megabytes, and storage keeps only the ones still wanted.
 
 Snapshots live in host memory under `budget` bytes: in the llm worker's shared-memory arena
 (aiosd.kv_shm) when it has one, else in private memory. Over budget, the least recently used one
@@ -44,8 +46,9 @@ class SnapshotStore:
 
     def __init__(self, budget: int, spill: Callable[[str, bytes], None] | None = None,
                  fetch: Callable[[str], bytes | None] | None = None,
-                 disk_bytes_per_s: float = 200e6, prefill_tokens_per_s: float = 500.0, arena: Any = None):
-        self.budget, self.spill, self.fetch, self.arena = budget, spill, fetch, arena
+                 disk_bytes_per_s: float = 200e6, prefill_tokens_per_s: float = 500.0, arena: Any = None,
+                 discard: Callable[[str], None] | None = None):
+        self.budget, self.spill, self.fetch, self.discard, self.arena = budget, spill, fetch, discard, arena
         self.disk_bytes_per_s, self.prefill_tokens_per_s = disk_bytes_per_s, prefill_tokens_per_s
         self.entries: OrderedDict[str, Entry] = OrderedDict()
         self.ram_bytes = 0
@@ -96,6 +99,8 @@ class SnapshotStore:
             if e.where == "ram":
                 self.ram_bytes -= e.nbytes
                 _free(e.snap)
+            elif e.where == "storage" and self.discard is not None:
+                self.discard(sid)
 
     def close(self) -> None:
         """Forget every snapshot and unlink the arena (the llm worker exits)."""

@@ -39,8 +39,8 @@ class FakeSnap:   # the shape of an engine KvSnapshot that the store reads
 
 def test_store_owner_check_lru_spill_or_drop() -> None:
     spilled: dict[str, bytes] = {}
-    store = cx.SnapshotStore(budget=4000, spill=spilled.__setitem__, fetch=spilled.get,
-                             disk_bytes_per_s=1e5, prefill_tokens_per_s=100.0)
+    store = cx.SnapshotStore(budget=4000, spill=spilled.__setitem__, fetch=lambda s: spilled.pop(s, None),
+                             disk_bytes_per_s=1e5, prefill_tokens_per_s=100.0, discard=spilled.pop)
     a = store.put(1, FakeSnap(list(range(50)), torch.ones(500), 50), {})      # 2000 bytes, costly to recompute
     b = store.put(1, FakeSnap([1], torch.ones(500), 1), {})                   # 2000 bytes, cheap to recompute
     c = store.put(2, FakeSnap(list(range(50)), torch.ones(500), 50), {})      # over budget: a leaves
@@ -49,10 +49,15 @@ def test_store_owner_check_lru_spill_or_drop() -> None:
         store.get(a, aid=2)
     assert e.value.code == "EACCES"
     assert torch.equal(store.get(a, aid=1).snap.kv, torch.ones(500))           # read back from storage
+    assert a not in spilled  # taken out of storage: spilled anew if it must leave again
     assert store.entries[b].where == "dropped" and store.entries[b].snap.kv is None
     assert store.ram_bytes <= store.budget and c in store.entries
     with pytest.raises(AiosError) as e:
         store.get("nope", aid=1)
     assert e.value.code == "ENOENT"
+    d = store.put(2, FakeSnap(list(range(50)), torch.ones(500), 50), {})      # c, least recently used, leaves
+    assert store.entries[c].where == "storage" and c in spilled
     store.drop_agent(1)
-    assert set(store.entries) == {c}
+    assert set(store.entries) == {c, d}
+    store.drop_agent(2)  # a spilled snapshot whose agent is gone leaves storage too
+    assert not store.entries and spilled == {}

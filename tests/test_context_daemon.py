@@ -6,21 +6,25 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
+import threading
 import time
 
+import lmdb
 import pytest
 import llmutil
 from conftest import Daemon
 from procutil import proc_state, wait_for
 
 from aiosd import kv_shm
-from libaios.client import AiosError
+from libaios.client import AiosError, Client
 
 # Nothing in the snapshot store is timed (snapshots leave memory by the LRU budget, the agent's
 # exit or a worker restart only), so a few seconds stopped shows what a minute would; set
 # AIOS_TEST_STOP_S=60 to check the issue's figure literally.
 STOP_S = float(os.environ.get("AIOS_TEST_STOP_S", "4"))
 COUNT = "Count from one to twenty in words."
+LONG = "Write a long story about a dragon who learns to bake bread."
 
 
 @pytest.fixture(scope="module")
@@ -125,13 +129,81 @@ def test_sigkilled_worker_leaves_no_segment_behind():
         assert mapped(old) == [prefix + str(old)] and segments(d) == []
         crumb = prefix + "999999"  # as if a worker had died between creating and unlinking
         open(crumb, "wb").close()
+        # and K/V it had spilled to storage, which no later worker can reach
+        put_raw(d, b"snapshots", {b"kv:0123456789abcdef": b"K/V bytes", b"other": b"not a spill"})
         os.kill(old, signal.SIGKILL)  # no chance to clean up: its memory goes with its mappings
         d.wait_manager("llm", old_pid=old, timeout=300)
         new = d.manager_pid("llm")
         assert mapped(new) == [prefix + str(new)] and segments(d) == []  # the crumb was removed
+        wait_for(lambda: raw_keys(d, b"snapshots") == [b"other"], timeout=30)  # dropped before serving
         with pytest.raises(AiosError) as e:  # snapshots died with the worker
             cl.syscall("gen_restore", {"snapshot": snap["snapshot"]}, timeout=60)
         assert e.value.code == "ENOENT"
     finally:
         d.stop()
     assert segments(d) == []
+
+
+def put_raw(d, db: bytes, items: dict) -> None:
+    """Write into the daemon's storage.lmdb from the test process (LMDB's lock serialises this
+    writer with the storage manager): what a worker killed earlier would have left there."""
+    env = lmdb.open(str(d.home / "data" / "storage.lmdb"), max_dbs=16)
+    try:
+        with env.begin(write=True, db=env.open_db(db)) as txn:
+            for k, v in items.items():
+                txn.put(k, v)
+    finally:
+        env.close()
+
+
+def raw_keys(d, db: bytes) -> list[bytes]:
+    env = lmdb.open(str(d.home / "data" / "storage.lmdb"), readonly=True, max_dbs=16)
+    try:
+        with env.begin(db=env.open_db(db, create=False)) as txn:
+            return [bytes(k) for k in txn.cursor().iternext(values=False)]
+    finally:
+        env.close()
+
+
+def snapshot_prefilled(d, aid: int, cl, content: str) -> dict:
+    """A snapshot of a generation taken once its prompt is in the cache (one with K/V bytes)."""
+    for delay in (0.2, 0.5, 1.0):
+        twin = Client(d.home)
+        twin.syscall("set_aid", {"aid": aid})
+        t = threading.Thread(target=chat, args=(cl, content), kwargs={"max_tokens": 200})
+        t.start()
+        time.sleep(delay)
+        snap = None
+        try:
+            while snap is None and t.is_alive():
+                try:
+                    snap = twin.syscall("gen_snapshot", {}, timeout=60)
+                except AiosError as e:
+                    assert e.code == "ENOENT"  # not submitted yet
+            t.join()
+        finally:
+            twin.close()
+        if snap is not None and snap["bytes"] > 0:
+            return snap
+    pytest.skip("no generation could be caught after its prefill")
+
+
+def test_spilled_snapshots_leave_storage_when_read_back_or_when_their_agent_exits():
+    # a budget smaller than any snapshot: each new one pushes the one before out of memory,
+    # to storage (for this model, copying K/V costs less than recomputing the prefill)
+    d = Daemon({"snapshot_budget_bytes": 1}).start()
+    try:
+        aid, cl = d.agent("spiller", argv=[sys.executable, "-c", "import time; time.sleep(300)"])
+        whole = chat(cl, LONG, max_tokens=200)
+        first = snapshot_prefilled(d, aid, cl, LONG)
+        second = snapshot_prefilled(d, aid, cl, LONG)
+        assert raw_keys(d, b"snapshots") == [b"kv:" + first["snapshot"].encode()]
+        resumed = cl.syscall("gen_restore", {"snapshot": first["snapshot"]}, timeout=300)
+        assert resumed["text"] == whole["text"]  # token for token, from storage's copy
+        # read back, first left storage; second went there to make room for it
+        assert raw_keys(d, b"snapshots") == [b"kv:" + second["snapshot"].encode()]
+        d.root.syscall("kill_agent", {"aid": aid, "signal": "KILL"})
+        d.root.syscall("wait_agent", {"aid": aid, "timeout": 30})
+        wait_for(lambda: raw_keys(d, b"snapshots") == [], timeout=30)
+    finally:
+        d.stop()

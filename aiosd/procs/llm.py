@@ -25,6 +25,7 @@ from aiosd.scheduler import POLICIES, Scheduler
 from aiosd.toolcalls import check_tools, offer_tools, split_tool_calls, tool_names
 
 log = logging.getLogger("aiosd")
+KV_PREFIX = b"kv:"  # spilled K/V caches in storage's `snapshots`, by snapshot id
 
 
 @dataclass
@@ -77,22 +78,40 @@ class LlmManager(ContextCalls, RemoteChat, Manager):
         if kv_shm.clean_stale(prefix):
             log.info("removed a dead llm worker's snapshot segment")
         self.snaps = cx.SnapshotStore(self.cfg.snapshot_budget_bytes, self._spill, self._fetch,
-                                      arena=kv_shm.Arena(prefix, self.cfg.snapshot_budget_bytes))
+                                      arena=kv_shm.Arena(prefix, self.cfg.snapshot_budget_bytes),
+                                      discard=self._discard)
         # the first step of a fresh engine is slow (allocation, lazy init): pay for it before the
         # hello, so the kernel's readiness means ready to serve and no live step runs that long
         warm = Runner(self.engine, Scheduler("fifo", 1, self.cfg.max_batch_tokens, self.cfg.prefill_chunk))
         warm.submit(self.engine.add(0, self.engine.encode_chat([{"role": "user", "content": "hi"}]), 2))
         warm.run_all()
 
-    # helpers
+    def setup_background(self) -> None:
+        # A restarted worker starts with no snapshots, so what its predecessor spilled is out
+        # of everyone's reach (megabytes each); dropped before serving, as memory drops swaps.
+        try:
+            n = self.call("_sto_drop", {"db": "snapshots", "prefix": KV_PREFIX}, timeout=5.0)["deleted"]
+        except AiosError as exc:
+            log.warning("llm: snapshots spilled before this start not dropped: %s", exc)
+            return
+        if n:
+            log.info("llm: dropped %d snapshots an earlier worker spilled to storage", n)
+
+    # helpers: spilled snapshots in storage, under KV_PREFIX
     def _spill(self, sid: str, blob: bytes) -> None:
-        self.call("_sto_put", {"db": "snapshots", "key": sid.encode(), "value": blob})
+        self.call("_sto_put", {"db": "snapshots", "key": KV_PREFIX + sid.encode(), "value": blob})
 
     def _fetch(self, sid: str) -> bytes | None:
-        try:
-            return self.call("_sto_get", {"db": "snapshots", "key": sid.encode()})
+        try:  # taken out: it is in memory again, and spilled anew if it must leave again
+            return self.call("_sto_get", {"db": "snapshots", "key": KV_PREFIX + sid.encode(), "delete": True})
         except AiosError:
             return None
+
+    def _discard(self, sid: str) -> None:
+        try:
+            self.call("_sto_put", {"db": "snapshots", "key": KV_PREFIX + sid.encode(), "value": None})
+        except AiosError as exc:  # left for the next worker's start to drop
+            log.warning("llm: spilled snapshot %s not deleted: %s", sid, exc)
 
     def _submit(self, req: Request, seq: Any, stream: bool, stop: list[str], meta: dict) -> Job:
         job = Job(req.id, req.aid, seq, stream, stop, time.monotonic(), meta)
