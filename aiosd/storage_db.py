@@ -11,7 +11,7 @@ Layout (one environment, one writer process):
   procs     aid(8)                 -> an exited agent's process-table row
   history, snapshots               -> raw values for the memory manager and the llm worker
                                       (these and procs, index, agent_snaps: aiosd/storage_raw.py)
-  agent_snaps ns\\0id              -> an agent snapshot (memory, context, files)
+  agent_snaps ns\\0id              -> an agent snapshot (memory, context, files; storage_snaps.py)
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ from aiosd.blob_log import GC_BACKLOG, BlobLog, bkey, migrate_versions
 from aiosd.errors import AiosError
 from aiosd.storage_paths import check_ns, check_path, fkey, version_key, vkey
 from aiosd.storage_raw import DBS, RawTables
+from aiosd.storage_snaps import AgentSnapshotTable
 
 # File and quota records are written by this module alone: they are decoded without the
 # wire's checks (protocol.unpack), which cost more than the decoding on every write and read
@@ -132,7 +133,7 @@ class StorageReader:
         return out
 
 
-class StorageDB(StorageReader, RawTables):
+class StorageDB(StorageReader, RawTables, AgentSnapshotTable):
     def __init__(self, path: str | Path, map_size: int = 1 << 32, versions_kept: int = 8,
                  default_quota: int = 256 << 20, sync: str = "full"):
         self.path = Path(path)

@@ -1,4 +1,4 @@
-"""The raw sub-databases of storage.lmdb (history, snapshots, procs, index, agent_snaps):
+"""The raw sub-databases of storage.lmdb (history, snapshots, procs, index):
 msgpack values under keys the calling manager chooses, reachable only through the internal
 calls _sto_put, _sto_get, _sto_drop and _sto_last; and the process-table rows a starting
 kernel reads back before storage opens the environment for writing."""
@@ -15,7 +15,7 @@ from aiosd import protocol
 from aiosd.errors import AiosError
 
 DBS = ("files", "blobs", "dead", "history", "audit", "procs", "snapshots", "agent_snaps", "index", "quotas")
-RAW_DBS = ("history", "snapshots", "procs", "index", "agent_snaps")
+RAW_DBS = ("history", "snapshots", "procs", "index")  # agent_snaps: counted in quotas (storage_snaps.py)
 
 
 def raw_db(db: str) -> str:

@@ -245,6 +245,15 @@ def snapshot_restore(snapshot: str) -> Any:
     return _call("snapshot_restore", {"snapshot": snapshot})
 
 
+def snapshot_list() -> list:
+    """[{snapshot, label, time, aid, records, files, bytes}], oldest first."""
+    return _field(_call("snapshot_list", {}), "snapshots")
+
+
+def snapshot_delete(snapshot: str) -> Any:
+    return _call("snapshot_delete", {"snapshot": snapshot})
+
+
 def audit_query(aid: int | None = None, *, since: float | None = None, until: float | None = None,
                 call: str | None = None, limit: int | None = None, name: str | None = None) -> list:
     return _field(_call("audit_query", {"aid": aid, "since": since, "until": until, "call": call,

@@ -158,6 +158,31 @@ def test_agent_snapshot_and_restore(daemon):
     assert code_of(c.syscall, "snapshot_restore", {"snapshot": "snap-nope"}) == "ENOENT"
 
 
+def test_agent_snapshots_are_listed_deleted_and_count_in_the_storage_quota(make_daemon):
+    d = make_daemon(managers="storage,memory")
+    _, c = d.agent("snap-quota")
+    _, other = d.agent("snap-other")
+    c.syscall("sto_alloc", {"size": 64 * 1024})
+    c.syscall("sto_write", {"path": "big", "data": b"x" * 20000})
+    used = c.syscall("sto_usage", {})["namespaces"][0]["used"]
+    first = c.syscall("snapshot_create", {"label": "one"}, timeout=60)
+    second = c.syscall("snapshot_create", {"label": "two"}, timeout=60)
+    assert first["bytes"] > 20000 and c.syscall("sto_usage", {})["namespaces"][0]["used"] == (
+        used + first["bytes"] + second["bytes"])
+    # a third copy of the file would pass the quota: refused, and nothing kept
+    assert code_of(c.syscall, "snapshot_create", {"label": "three"}) == "ENOSPC"
+    listed = c.syscall("snapshot_list", {})["snapshots"]
+    assert [(s["snapshot"], s["label"], s["files"], s["bytes"]) for s in listed] == [
+        (first["snapshot"], "one", 1, first["bytes"]), (second["snapshot"], "two", 1, second["bytes"])]
+    assert other.syscall("snapshot_list", {})["snapshots"] == []  # each name sees its own
+    assert code_of(other.syscall, "snapshot_delete", {"snapshot": first["snapshot"]}) == "ENOENT"
+    assert c.syscall("snapshot_delete", {"snapshot": first["snapshot"]})["bytes"] == first["bytes"]
+    assert c.syscall("sto_usage", {})["namespaces"][0]["used"] == used + second["bytes"]
+    assert [s["snapshot"] for s in c.syscall("snapshot_list", {})["snapshots"]] == [second["snapshot"]]
+    assert code_of(c.syscall, "snapshot_restore", {"snapshot": first["snapshot"]}) == "ENOENT"
+    assert c.syscall("snapshot_create", {"label": "three"}, timeout=60)["files"] == 1  # room again
+
+
 def test_audit_query_own_records_only(daemon):
     aid, c = daemon.agent("sto-audit")
     _, other = daemon.agent("sto-audit-other")

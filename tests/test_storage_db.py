@@ -257,3 +257,31 @@ def test_usage_rows_of_one_namespace_and_of_all(tmp_path):
     assert db.usage_rows() == [{"name": "a", "used": 7, "quota": 1000, "files": 2},
                                {"name": "ab", "used": 1, "quota": 1000, "files": 1}]
     assert db.usage_rows("never") == [{"name": "never", "used": 0, "quota": 1000, "files": 0}]
+
+
+def test_agent_snapshots_charge_the_quota_list_by_header_and_delete(tmp_path):
+    db = StorageDB(tmp_path / "s.lmdb", default_quota=10_000)
+    snap = {"id": "s1", "label": "l", "time": 5.0, "aid": 3, "n_records": 0, "n_files": 1, "charged": True,
+            "memory": [], "context": None, "files": {"f": b"x" * 6000}}
+    size = db.write_now(db.snapshot_put_op("a", "s1", snap))["bytes"]
+    assert db.usage("a")["used"] == size > 6000
+    with pytest.raises(AiosError) as e:
+        db.write_now(db.snapshot_put_op("a", "s2", {**snap, "id": "s2"}))
+    assert e.value.code == "ENOSPC" and [r["snapshot"] for r in db.snapshot_list("a")] == ["s1"]
+    assert db.snapshot_list("a") == [{"snapshot": "s1", "label": "l", "time": 5.0, "aid": 3, "records": 0,
+                                      "files": 1, "bytes": size}]
+    assert db.snapshot_list("ab") == [] and db.snapshot_get("a", "s1")["files"] == {"f": b"x" * 6000}
+    assert db.write_now(db.snapshot_delete_op("a", "s1")) == {"deleted": "s1", "bytes": size}
+    assert db.usage("a")["used"] == 0 and db.snapshot_list("a") == []
+    with pytest.raises(AiosError) as e:
+        db.snapshot_get("a", "s1")
+    assert e.value.code == "ENOENT"
+    # one taken before snapshots counted gives nothing back when deleted
+    db.write_now(db.write_op("a", "f", b"y" * 100))
+    old = {"id": "s0", "label": "", "time": 1.0, "aid": 3, "memory": [], "context": None, "files": {}}
+    with db.env.begin(write=True) as txn:
+        txn.put(b"a\0s0", protocol.pack(old), db=db.db["agent_snaps"])
+    assert db.snapshot_list("a")[0]["files"] is None  # no counts in its header
+    db.write_now(db.snapshot_delete_op("a", "s0"))
+    assert db.usage("a")["used"] == 100
+

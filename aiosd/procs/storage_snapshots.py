@@ -32,14 +32,21 @@ class AgentSnapshots:
         files = {p: self.db.read(ns, p)["data"] for p in self.db.list(ns)}
         sid = f"snap-{time.time_ns():x}"
         snap = {"id": sid, "label": req.args.get("label") or "", "time": time.time(), "aid": req.aid,
+                "n_records": len(memory), "n_files": len(files), "charged": True,
                 "memory": memory, "context": context, "files": files}
-        key = ns.encode() + b"\0" + sid.encode()
-        self.commit_now([self.db.raw_put_op("agent_snaps", key, snap)])
-        return {"snapshot": sid, "records": len(memory), "files": len(files), "context": context is not None}
+        put = self.commit_now([self.db.snapshot_put_op(ns, sid, snap)])[0]
+        return {"snapshot": sid, "records": len(memory), "files": len(files), "context": context is not None,
+                "bytes": put["bytes"]}
+
+    def handle_snapshot_list(self, req: Request) -> Any:
+        return {"snapshots": self.db.snapshot_list(self.ns(req))}
+
+    def handle_snapshot_delete(self, req: Request) -> Any:
+        return self.commit_now([self.db.snapshot_delete_op(self.ns(req), req.args["snapshot"])])[0]
 
     def handle_snapshot_restore(self, req: Request) -> Any:
         ns, sid = self.ns(req), req.args["snapshot"]
-        snap = self.db.raw_get("agent_snaps", ns.encode() + b"\0" + sid.encode())
+        snap = self.db.snapshot_get(ns, sid)
         self.flush()
         ops = [self.db.delete_op(ns, p) for p in self.db.list(ns) if p not in snap["files"]]
         for path, data in snap["files"].items():
