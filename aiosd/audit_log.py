@@ -64,9 +64,11 @@ class AuditLog:
             excess = max(0, txn.stat(self.db)["entries"] - keep) if keep else 0
             cutoff = _cutoff_ns(max_age_s) if max_age_s else 0
             cur, n = txn.cursor(self.db), 0
-            positioned = cur.first()
-            while positioned and n < limit and (n < excess or _KEY.unpack(cur.key()[:16])[0] < cutoff):
-                positioned = cur.delete()  # and moves to the next record
+            cur.first()
+            while n < limit and (key := cur.key()):  # b"": past the last record, or none
+                if n >= excess and _KEY.unpack(key[:16])[0] >= cutoff:
+                    break
+                cur.delete()  # and moves to the next record
                 n += 1
             return {"pruned": n}
         op.fails_before_writing = True

@@ -179,6 +179,11 @@ def test_audit_is_pruned_oldest_first_past_a_count_or_an_age(tmp_path):
     assert db.audit.over(0, 0.5)
     assert db.write_now(db.audit.prune_op(0, 0.5, limit=100)) == {"pruned": 20}
     assert [r["t"] for r in db.audit_query()] == [99.0] and not db.audit.over(0, 0.5)
+    time.sleep(0.6)  # now every record is past the age: all go, and the cursor runs off the end
+    assert db.write_now(db.audit.prune_op(0, 0.5, limit=100)) == {"pruned": 1}
+    assert db.audit_query() == [] and not db.audit.over(0, 0.5) and not db.audit.over(5, 0)
+    db.write_now(db.audit_op([{"t": 100.0, "call": "z"}]))  # and appending goes on after
+    assert [r["t"] for r in db.audit_query()] == [100.0]
     db.close()
 
 
