@@ -38,9 +38,9 @@ CHOICES = {
 POSITIVE = frozenset({
     "quantum", "max_batch", "max_batch_tokens", "prefill_chunk", "context_window", "shm_threshold",
     "max_frame", "heartbeat_s", "heartbeat_liveness", "fatal_after", "start_timeout_s",
-    "versions_kept", "persist_kept", "syscall_rate", "max_queued_llm", "rlimit_nofile", "storage_map_size",
-    "storage_max_batch", "llm_timeout_s", "llm_remote_workers", "llm_remote_per_agent", "tool_pool",
-    "tool_timeout_s", "tool_nofile"})
+    "versions_kept", "persist_kept", "procs_kept", "syscall_rate", "max_queued_llm", "rlimit_nofile",
+    "storage_map_size", "storage_max_batch", "llm_timeout_s", "llm_remote_workers", "llm_remote_per_agent",
+    "tool_pool", "tool_timeout_s", "tool_nofile"})
 # the same where 0 means none, unlimited or the default
 NON_NEGATIVE = frozenset({
     "snapshot_budget_bytes", "torch_threads", "restart_backoff_s", "restart_backoff_max_s",
@@ -136,6 +136,7 @@ class Config:
     persist_kept: int = 8             # memories persisted at exit (mem_persist) kept per agent name
     audit_keep: int = 10_000_000      # audit records kept, newest (~1.4 GB; 0: every one)
     audit_keep_days: float = 0.0      # and none older than this (0: no age limit)
+    procs_kept: int = 100_000         # process-table rows kept in storage, newest (aios-ps -a shows 10,000)
     syscall_rate: float = 5000.0      # per second, token bucket
     llm_tokens_per_min: int = 0       # 0: unlimited
     max_queued_llm: int = 64

@@ -100,6 +100,24 @@ class RawTables:
             return {"deleted": n}
         return op
 
+    def raw_count(self, db: str) -> int:
+        with self.env.begin() as txn:
+            return txn.stat(self.db[db])["entries"]
+
+    def raw_trim_op(self, db: str, keep: int, limit: int) -> Callable:
+        """Delete the oldest (smallest) keys of `db` past its newest `keep`, at most `limit`.
+        The newest always stays: in `procs` it tells a starting kernel where aids go on."""
+        def op(txn) -> dict:
+            excess = min(limit, txn.stat(self.db[db])["entries"] - max(1, keep))
+            cur, n = txn.cursor(self.db[db]), 0
+            cur.first()
+            while n < excess and cur.key():
+                cur.delete()  # and moves to the next key
+                n += 1
+            return {"pruned": n}
+        op.fails_before_writing = True
+        return op
+
     def raw_get(self, db: str, key: bytes) -> Any:
         raw_db(db)
         with self.env.begin(buffers=False) as txn:

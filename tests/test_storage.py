@@ -4,6 +4,7 @@ versions and rollback, retrieval, agent snapshots, the audit log."""
 from __future__ import annotations
 
 import json
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -11,6 +12,7 @@ import lmdb
 import pytest
 
 from errutil import code_of
+from libaios.client import Client
 
 
 def test_write_read_versions_and_rollback(daemon):
@@ -271,3 +273,30 @@ def test_audit_log_is_kept_to_audit_keep_records(make_daemon):
     assert count() <= 110
     newest = d.root.syscall("audit_query", {"call": "get_status", "limit": 1})["records"]
     assert newest and newest[0]["name"] == "audit-bound"  # the oldest went, not the newest
+
+
+def test_saved_process_rows_are_kept_to_procs_kept_and_aids_still_go_on(make_daemon):
+    d = make_daemon(managers="storage", procs_kept=3)
+    aids = []
+    for i in range(6):
+        aid = d.root.syscall("spawn_agent", {"argv": [sys.executable, "-c", "pass"], "name": f"short-{i}"})["aid"]
+        d.root.syscall("wait_agent", {"aid": aid, "timeout": 30})
+        aids.append(aid)
+
+    def saved() -> list[int]:
+        d.root.syscall("get_status", {})  # keeps messages (and so storage's idle checks) coming
+        env = lmdb.open(str(d.home / "data" / "storage.lmdb"), readonly=True, max_dbs=16)
+        try:
+            with env.begin(db=env.open_db(b"procs", create=False)) as txn:
+                return [int.from_bytes(k, "big") for k in txn.cursor().iternext(values=False)]
+        finally:
+            env.close()
+
+    deadline = time.time() + 20
+    while saved() != aids[-3:] and time.time() < deadline:
+        time.sleep(0.2)
+    assert saved() == aids[-3:]  # the newest rows, the oldest went
+    assert d.run_cli("aiosd", "stop").returncode == 0
+    assert d.run_cli("aiosd", "start", "--timeout", "60").returncode == 0
+    d.root = Client(d.home)
+    assert d.agent("after-restart")[0] > aids[-1]  # a new kernel still goes on after the newest aid

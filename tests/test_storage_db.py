@@ -290,3 +290,15 @@ def test_agent_snapshots_charge_the_quota_list_by_header_and_delete(tmp_path):
     db.write_now(db.snapshot_delete_op("a", "s0"))
     assert db.usage("a")["used"] == 100
 
+
+
+def test_raw_trim_keeps_the_newest_keys(tmp_path):
+    db = StorageDB(tmp_path / "s.lmdb")
+    for aid in range(1, 11):
+        db.write_now(db.raw_put_op("procs", aid.to_bytes(8, "big"), {"aid": aid}))
+    assert db.raw_count("procs") == 10
+    assert db.write_now(db.raw_trim_op("procs", 4, limit=5)) == {"pruned": 5}  # a chunk at a time
+    assert db.write_now(db.raw_trim_op("procs", 4, limit=5)) == {"pruned": 1}
+    assert [k for k, _ in db.raw_scan("procs", b"")] == [a.to_bytes(8, "big") for a in range(7, 11)]
+    assert db.write_now(db.raw_trim_op("procs", 0, limit=100)) == {"pruned": 3}  # the newest stays
+    assert db.raw_count("procs") == 1

@@ -31,8 +31,8 @@ from aiosd.storage_paths import check_ns
 
 SNAP_CALLS = ("snapshot_create", "snapshot_restore")
 GC_AFTER_PAUSE_S = 1.0  # dropped versions are freed when writes pause this long (or GC_IDLE_BATCH wait)
-AUDIT_CHECK_S = 1.0     # how often an idle writer asks whether the audit log is past its bounds
-AUDIT_PRUNE_BATCH = 2048  # oldest audit records deleted per transaction (~1 ms, synced, here)
+PRUNE_CHECK_S = 1.0     # how often an idle writer asks whether the audit log or saved rows are past their bounds
+PRUNE_BATCH = 2048      # oldest records deleted per transaction and table (~1 ms, synced, here)
 
 
 class StorageManager(Retrieval, AgentSnapshots, Manager):
@@ -51,7 +51,7 @@ class StorageManager(Retrieval, AgentSnapshots, Manager):
         self.jobs = 0
         self.kernel_pid = os.getppid()
         self.last_write = 0.0
-        self.audit_checked = 0.0
+        self.pruned_at = 0.0
 
     # ---- plumbing -----------------------------------------------------------------------
     def ns(self, req: Request) -> str:
@@ -125,7 +125,7 @@ class StorageManager(Retrieval, AgentSnapshots, Manager):
             else:
                 wait = min(wait or GC_AFTER_PAUSE_S, max(0.005, GC_AFTER_PAUSE_S - pause))
         if self.writer.idle:
-            self.prune_audit()
+            self.prune_old()
         if self.jobs and os.getppid() == self.kernel_pid:
             # the kernel pings only managers it has not heard from, and our short ticks keep
             # our own heartbeats too regular for that; while a job runs, a live parent (the
@@ -133,20 +133,28 @@ class StorageManager(Retrieval, AgentSnapshots, Manager):
             self._last_rx = time.monotonic()
         return wait
 
-    def prune_audit(self) -> None:
-        """Delete the oldest audit records past `audit_keep` / `audit_keep_days`, a chunk at a
-        time: each chunk is its own transaction, so writers wait behind one chunk at most."""
+    def prune_old(self) -> None:
+        """Delete the oldest audit records past `audit_keep` / `audit_keep_days` and the oldest
+        saved process rows past `procs_kept`, a chunk at a time: each chunk is one transaction,
+        so writers wait behind one chunk at most."""
         now = time.monotonic()
-        if now - self.audit_checked < AUDIT_CHECK_S:
+        if now - self.pruned_at < PRUNE_CHECK_S:
             return
-        keep, max_age_s = self.cfg.audit_keep, self.cfg.audit_keep_days * 86400.0
-        self.audit_checked = now
-        if (keep or max_age_s) and self.db.audit.over(keep, max_age_s):
-            self.writer.submit(None, self.db.audit.prune_op(keep, max_age_s, AUDIT_PRUNE_BATCH))
-            done = self.writer.collect()
-            self.answer(done)
-            if done and isinstance(done[0][1], dict) and done[0][1].get("pruned") == AUDIT_PRUNE_BATCH:
-                self.audit_checked = 0.0  # more to go: the next idle tick takes the next chunk
+        self.pruned_at = now
+        cfg, ops = self.cfg, []
+        max_age_s = cfg.audit_keep_days * 86400.0
+        if (cfg.audit_keep or max_age_s) and self.db.audit.over(cfg.audit_keep, max_age_s):
+            ops.append(self.db.audit.prune_op(cfg.audit_keep, max_age_s, PRUNE_BATCH))
+        if self.db.raw_count("procs") > cfg.procs_kept:
+            ops.append(self.db.raw_trim_op("procs", cfg.procs_kept, PRUNE_BATCH))
+        if not ops:
+            return
+        for op in ops:
+            self.writer.submit(None, op)
+        done = self.writer.collect()
+        self.answer(done)
+        if any(isinstance(res, dict) and res.get("pruned") == PRUNE_BATCH for _, res in done):
+            self.pruned_at = 0.0  # more to go: the next idle tick takes the next chunk
 
     def call(self, call: str, args: dict, aid: int = 0, timeout: float = 30.0) -> Any:
         """An internal call that keeps serving storage requests while it waits, so a manager
