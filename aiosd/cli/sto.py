@@ -1,18 +1,22 @@
-"""aios-sto ls|cat|versions|du: look into an agent's storage as root (ls, cat and versions of
-the files that agent name keeps; du, the bytes each name keeps against its quota, as `docker
-system df` does for images). Every look is a syscall, so it is audited like any other."""
+"""aios-sto ls|cat|versions|du|backup|restore: look into an agent's storage as root (ls, cat
+and versions of the files that agent name keeps; du, the bytes each name keeps against its
+quota, as `docker system df` does for images; every look is a syscall, so it is audited like
+any other), and back storage.lmdb up while the daemon runs or restore it while it is stopped
+(aiosd/storage_backup.py; these two work on the files directly)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from aiosd.cli.common import add_home, fmt_bytes, home_of, root_client, run_command
 
 
 def execute(argv: list[str]) -> int:
-    p = argparse.ArgumentParser(prog="aios-sto", description="inspect an agent's storage (root)")
+    p = argparse.ArgumentParser(prog="aios-sto",
+                                description="inspect an agent's storage (root); back up or restore all of it")
     add_home(p)
     sub = p.add_subparsers(dest="cmd", required=True)
     ls = sub.add_parser("ls", help="files of an agent name, optionally under a prefix")
@@ -31,7 +35,13 @@ def execute(argv: list[str]) -> int:
     du = sub.add_parser("du", help="bytes kept, quota and files of every agent name, or of one")
     du.add_argument("name", nargs="?", help="one agent name (default: every one that has written)")
     du.add_argument("--json", action="store_true")
+    bak = sub.add_parser("backup", help="a consistent copy of all storage into FILE, while aiosd runs")
+    bak.add_argument("file")
+    res = sub.add_parser("restore", help="replace all storage with a backup FILE (aiosd stopped)")
+    res.add_argument("file")
     args = p.parse_args(argv)
+    if args.cmd in ("backup", "restore"):
+        return backup_or_restore(args.cmd, home_of(args), Path(args.file).expanduser().resolve())
     client = root_client(home_of(args), timeout=30)
 
     if args.cmd == "cat":
@@ -67,6 +77,18 @@ def execute(argv: list[str]) -> int:
     for r in rows:
         print(f"{r['version']:>7} {r['versions']:>4} {fmt_bytes(r['size']):>9} {fmt_bytes(r['bytes_kept']):>9}  "
               f"{r['path']}")
+    return 0
+
+
+def backup_or_restore(cmd: str, home: Path, file: Path) -> int:
+    from aiosd import storage_backup
+    if cmd == "backup":
+        out = storage_backup.backup(home, file)
+        print(f"backed up {home / 'data' / 'storage.lmdb'} to {out['path']} ({fmt_bytes(out['bytes'])})")
+        return 0
+    out = storage_backup.restore(home, file)
+    kept = f"; the replaced file is {out['replaced']}" if out["replaced"] else ""
+    print(f"restored {out['path']} from {file} ({fmt_bytes(out['bytes'])}){kept}")
     return 0
 
 
