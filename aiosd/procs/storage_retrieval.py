@@ -6,8 +6,8 @@ holds up the loop that commits writes; fresh vectors go back to the loop to be w
 from __future__ import annotations
 
 import queue
-from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
