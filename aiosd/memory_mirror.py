@@ -22,6 +22,7 @@ from typing import Any
 import lmdb
 
 from aiosd import protocol
+from aiosd.storage_paths import MAX_KEY
 
 MAX_MIRRORED = 64 * 1024  # bigger records travel through shared memory, from the manager
 
@@ -43,8 +44,11 @@ class MemoryMirror:
 
     def changed(self, aid: int, key: str, rec: dict | None) -> None:
         """A keyed record became resident (rec) or stopped being (None)."""
+        k = mirror_key(aid, key)
+        if len(k) > MAX_KEY:  # an LMDB key holds no more: such records are read from the manager
+            return
         raw = protocol.pack(rec) if rec is not None else None
-        self.pending[mirror_key(aid, key)] = raw if raw is None or len(raw) <= MAX_MIRRORED else None
+        self.pending[k] = raw if raw is None or len(raw) <= MAX_MIRRORED else None
 
     def commit(self) -> None:
         if not self.pending or self.closed:
@@ -74,13 +78,16 @@ class MirrorReader:
         self.env = lmdb.open(str(path), readonly=True, create=False, subdir=True, lock=True, max_readers=256)
 
     def get(self, aid: int, key: str) -> Any | None:
+        k = mirror_key(aid, key)
+        if len(k) > MAX_KEY:
+            return None
         try:
             txn = self.env.begin(buffers=True)
         except lmdb.MapResizedError:  # the manager grew the map since we mapped it
             self.env.set_mapsize(0)
             txn = self.env.begin(buffers=True)
         with txn:
-            raw = txn.get(mirror_key(aid, key))
+            raw = txn.get(k)
             return None if raw is None else protocol.unpack(bytes(raw), MAX_MIRRORED + 1024)
 
     def close(self) -> None:

@@ -36,6 +36,10 @@ from aiosd.storage_snaps import AgentSnapshotTable
 # wire's checks (protocol.unpack), which cost more than the decoding on every write and read
 
 
+def _too_big(exc: lmdb.BadValsizeError) -> AiosError:
+    return AiosError("EINVAL", f"a key or value is too big for storage ({exc})")
+
+
 def load_record(raw) -> Any:
     return msgpack.unpackb(raw, raw=False)
 
@@ -169,6 +173,8 @@ class StorageDB(StorageReader, RawTables, AgentSnapshotTable):
                             results.append(op(txn))
                         except AiosError as exc:
                             results.append(exc)
+                        except lmdb.BadValsizeError as exc:
+                            results.append(_too_big(exc))
                         continue
                     child = self.env.begin(write=True, parent=txn)
                     try:
@@ -177,6 +183,9 @@ class StorageDB(StorageReader, RawTables, AgentSnapshotTable):
                     except AiosError as exc:
                         child.abort()
                         results.append(exc)
+                    except lmdb.BadValsizeError as exc:  # one op's oversized key fails that op alone
+                        child.abort()
+                        results.append(_too_big(exc))
                 if self.blobs.backlog > GC_BACKLOG:  # a writer that never pauses: collect as we go
                     self.blobs.collect(txn, 2 * len(ops) + 16)
                 txn.commit()

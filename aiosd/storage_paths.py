@@ -1,16 +1,20 @@
 """Names inside a storage namespace: what a path may be, and the LMDB keys made of them.
 
 A namespace belongs to an agent's name; a path is relative inside it. Anything that could
-reach outside (`..`, an absolute path, NUL bytes, an empty or `.` component, over
-MAX_PATH bytes) is EINVAL, checked here once for the storage manager and the kernel's reads.
+reach outside (`..`, an absolute path, NUL bytes, an empty or `.` component) is EINVAL,
+checked here once for the storage manager and the kernel's reads. So is a path too long to be
+a key: LMDB keys hold at most MAX_KEY bytes, and a version's key is the namespace, the path
+and an 11-byte suffix, so a namespace's name and a path together hold MAX_FILE_KEY - 1 bytes.
 """
 
 from __future__ import annotations
 
 from aiosd.errors import AiosError
 
-MAX_PATH = 1024
+MAX_KEY = 511  # LMDB's MDB_MAXKEYSIZE as py-lmdb builds it; longer keys are an lmdb error
 SEP = b"\0"
+MAX_FILE_KEY = MAX_KEY - len(SEP) - 10  # room for a version's suffix (vkey)
+MAX_PATH = MAX_FILE_KEY - 2  # with the shortest namespace; fkey checks the real sum
 
 
 def check_path(path: object, what: str = "path", prefix: bool = False) -> str:
@@ -43,7 +47,11 @@ def check_ns(ns: object) -> str:
 
 
 def fkey(ns: str, path: str) -> bytes:
-    return ns.encode() + SEP + path.encode()
+    key = ns.encode() + SEP + path.encode()
+    if len(key) > MAX_FILE_KEY:
+        raise AiosError("EINVAL", f"path '{path[:40]}...' is too long: in namespace '{ns}' a path holds at "
+                                  f"most {MAX_FILE_KEY - len(key) + len(path.encode())} bytes")
+    return key
 
 
 def vkey(ns: str, path: str, version: int) -> bytes:

@@ -19,13 +19,17 @@ import msgpack
 
 from aiosd import protocol
 from aiosd.errors import AiosError
+from aiosd.storage_paths import MAX_KEY
 
 HEAD_BYTES = 4096  # more than a header needs: the label is at most 256 characters
 BODY = frozenset({"memory", "context", "files"})
 
 
 def snap_key(ns: str, sid: str) -> bytes:
-    return ns.encode() + b"\0" + sid.encode()
+    key = ns.encode() + b"\0" + sid.encode()
+    if len(key) > MAX_KEY:  # no snapshot has such a name (ours are "snap-" and 16 hex digits)
+        raise AiosError("ENOENT", f"no snapshot {sid[:40]!r} of '{ns}'")
+    return key
 
 
 def snapshot_header(raw: bytes | memoryview) -> dict:

@@ -12,6 +12,7 @@ import lmdb
 import pytest
 
 from errutil import code_of
+from libaios import AiosError
 from libaios.client import Client
 
 
@@ -92,6 +93,43 @@ def test_path_traversal_is_einval(daemon, path):
     assert code_of(c.syscall, "sto_write", {"path": path, "data": b"x"}) == "EINVAL"
     assert code_of(c.syscall, "sto_read", {"path": path}) in ("EINVAL",)
     assert c.syscall("sto_list", {})["paths"] == []
+
+
+def test_names_too_long_for_an_lmdb_key_are_refused_and_the_managers_keep_serving(daemon):
+    """LMDB keys hold 511 bytes. A longer path, memory key or snapshot name used to take the
+    storage (or memory) manager down with it, and with it every writer in the same group
+    commit (and every agent's memory): now it is the caller's EINVAL or ENOENT alone."""
+    from aiosd.storage_paths import MAX_FILE_KEY
+    pids = {m: daemon.manager_pid(m) for m in ("storage", "memory")}
+    name = "n" * 64  # the longest agent name
+    _, c = daemon.agent(name)
+    room = MAX_FILE_KEY - len(name.encode()) - 1
+    longest = "p" * room
+    assert c.syscall("sto_write", {"path": longest, "data": b"fits"})["version"] == 1
+    assert c.syscall("sto_read", {"path": longest})["data"] == b"fits"
+    for path in ("p" * (room + 1), "\u00e9" * 300, "d/" * 250 + "f"):
+        assert code_of(c.syscall, "sto_write", {"path": path, "data": b"x"}) == "EINVAL"
+        assert code_of(c.syscall, "sto_read", {"path": path}) == "EINVAL"
+        assert code_of(c.syscall, "sto_list", {"prefix": path}) == "EINVAL"
+
+    def write(i: int) -> str:  # good and bad writes in flight together, in the same batches
+        path = "p" * (room + 1 + i) if i % 4 == 0 else f"ok/{i}"
+        try:
+            return str(c.syscall("sto_write", {"path": path, "data": b"%d" % i})["version"])
+        except AiosError as exc:
+            return exc.code
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(write, range(64)))
+    assert got == ["EINVAL" if i % 4 == 0 else "1" for i in range(64)]
+    assert code_of(c.syscall, "snapshot_restore", {"snapshot": "\U0001F600" * 64}) == "ENOENT"
+    assert code_of(c.syscall, "snapshot_delete", {"snapshot": "\U0001F600" * 64}) == "ENOENT"
+    key = "k" * 1000  # a memory key may be 1024 characters: too long for the kernel's mirror, not for memory
+    c.syscall("mem_write", {"content": "long-keyed", "key": key})
+    assert c.syscall("mem_read", {"key": key})["records"][0]["content"] == "long-keyed"
+    c.syscall("mem_clear", {"key": key})
+    assert code_of(c.syscall, "mem_read", {"key": key}) == "ENOENT"
+    assert {m: daemon.manager_pid(m) for m in pids} == pids
 
 
 def test_namespaces_isolated_until_granted(daemon):
