@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+import traceback
 from typing import Any
 
 import lmdb
@@ -172,7 +173,10 @@ class Kernel(Gate, ManagerLink, KernelCalls, SystemCalls, AttachCalls, LocalRead
             while frame.more:  # the rest of a multipart message arrives with its first part
                 frame = recv(NOBLOCK, copy=False)
                 frames.append(frame)
-            handler(frames)
+            try:  # (free in the loop when nothing is raised)
+                handler(frames)
+            except Exception:  # one message's bug is logged; the kernel goes on serving everyone
+                log.error("kernel failed on a message: %s", traceback.format_exc())
 
     # ---- front end ----------------------------------------------------------------------
     def on_frontend(self, frames: list) -> None:
@@ -213,7 +217,7 @@ class Kernel(Gate, ManagerLink, KernelCalls, SystemCalls, AttachCalls, LocalRead
         if row is not None:
             self.table.syscall_begin(row, sc.name in WAITING_CALLS)
         if sc.manager == "kernel":
-            self.serve_kernel_call(ident, req_id, caller, row, sc, args, target, t0)
+            self.serve_kernel_call(ident, req_id, caller, row, sc, args, target, t0, refs)
         elif sc.name in LOCAL_READS and self.serve_local_read(ident, req_id, caller, sc, args, target, t0):
             pass
         else:

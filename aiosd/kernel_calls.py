@@ -8,11 +8,14 @@ caller, the checked arguments, the resolved target and a handle to answer later
 
 from __future__ import annotations
 
+import logging
 import os
 import resource
 import signal
 import subprocess
 import time
+import traceback
+
 from aiosd import audit, protocol
 from aiosd.access import Principal, agent_ids
 from aiosd.errors import AiosError
@@ -21,18 +24,26 @@ from aiosd.procfs import proc_stats
 from aiosd.proctable import AgentRow, AgentState
 from aiosd.supervisor import MgrState, child_setup
 
+log = logging.getLogger("aiosd")
 DEFERRED = object()
 IMPERSONATING_CAP = 65_536  # connections remembered as acting as an agent (set_aid)
 
 
 class KernelCalls:
     # ---- plumbing ------------------------------------------------------------------------
-    def serve_kernel_call(self, ident, req_id, caller: Principal, row, sc, args, target, t0) -> None:
+    def serve_kernel_call(self, ident, req_id, caller: Principal, row, sc, args, target, t0,
+                          refs: bool = False) -> None:
         handler = getattr(self, "k_" + sc.name)
         try:
+            if refs:  # payloads over the threshold came through shared memory (encrypt_data's)
+                args = protocol.resolve(args)
             result = handler(caller, args, target, (ident, req_id, t0))
         except AiosError as exc:
             return self.answer(ident, req_id, caller, sc.name, args, t0, error=(exc.code, exc.message))
+        except Exception as exc:  # one request's bug must not take the kernel, and every agent, down
+            log.error("kernel failed on %s: %s", sc.name, traceback.format_exc())
+            return self.answer(ident, req_id, caller, sc.name, args, t0,
+                               error=("EIO", f"kernel failed on {sc.name}: {type(exc).__name__}: {exc}"))
         if result is not DEFERRED:
             self.answer(ident, req_id, caller, sc.name, args, t0, result=result)
 
