@@ -12,7 +12,7 @@ from aiosd.errors import AiosError
 from aiosd.group_commit import GroupCommitWriter
 from aiosd.storage_db import StorageDB
 from aiosd.storage_raw import prefix_end
-from aiosd.storage_paths import check_path
+from aiosd.storage_paths import MAX_PATH, check_path
 
 
 @pytest.fixture
@@ -31,8 +31,10 @@ def test_bad_paths_are_einval(bad):
 
 
 def test_good_paths():
-    for ok in ("a", "notes/today.txt", "a.b/c..d", "x" * 1024):
+    for ok in ("a", "notes/today.txt", "a.b/c..d", "x" * MAX_PATH):
         assert check_path(ok) == ok
+    with pytest.raises(AiosError):  # past what an LMDB key can hold with a version's suffix
+        check_path("x" * (MAX_PATH + 1))
     assert check_path("", prefix=True) == ""
     assert check_path("notes/", prefix=True) == "notes/"
 
