@@ -49,8 +49,9 @@ def check_ns(ns: object) -> str:
 def fkey(ns: str, path: str) -> bytes:
     key = ns.encode() + SEP + path.encode()
     if len(key) > MAX_FILE_KEY:
+        room = MAX_FILE_KEY - len(ns.encode()) - len(SEP)
         raise AiosError("EINVAL", f"path '{path[:40]}...' is too long: in namespace '{ns}' a path holds at "
-                                  f"most {MAX_FILE_KEY - len(key) + len(path.encode())} bytes")
+                                  f"most {room} bytes")
     return key
 
 
