@@ -235,6 +235,10 @@ class Kernel(Gate, ManagerLink, KernelCalls, SystemCalls, AttachCalls, LocalRead
                "context_strategy": row.context_strategy if row else None}
         self.pending[kid] = Pending(ident, req_id, caller.aid, caller.name, sc.name,
                                     audit.digest(args), t0, sc.manager, from_manager)
+        if sc.name == "audit_query":
+            # the records still batched here go first, on the same socket: a query sees every
+            # call answered before it (read-your-writes), not only those of the last flush
+            self.flush_audit()
         self.send_manager(sc.manager, {"id": kid, "call": sc.name, "args": args, "aid": caller.aid, "ctx": ctx})
 
     # ---- back end -----------------------------------------------------------------------

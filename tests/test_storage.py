@@ -295,6 +295,16 @@ def test_usage_per_name_for_agents_and_aios_sto_du(daemon):
     assert [r["name"] for r in one] == ["du-b"]
 
 
+def test_audit_query_sees_every_call_answered_before_it(daemon):
+    # the kernel batches audit records for up to 50 ms; a query must not miss that batch
+    _, c = daemon.agent("audit-ryw")
+    for i in range(1, 21):
+        c.syscall("sto_list", {})
+        recs = c.syscall("audit_query", {"call": "sto_list", "limit": 1000})["records"]
+        assert len(recs) == i
+        assert len(daemon.root.syscall("audit_query", {"name": "audit-ryw", "call": "audit_query"})["records"]) == i
+
+
 def test_audit_log_is_kept_to_audit_keep_records(make_daemon):
     d = make_daemon(managers="storage", audit_keep=100)
     _, c = d.agent("audit-bound")
