@@ -27,8 +27,11 @@ from aiosd.storage_paths import MAX_KEY
 MAX_MIRRORED = 64 * 1024  # bigger records travel through shared memory, from the manager
 
 
-def mirror_key(aid: int, key: str) -> bytes:
-    return struct.pack(">Q", aid) + key.encode()
+def mirror_key(aid: int, key: str) -> bytes | None:
+    """The mirror's key for a record, or None where it would not fit an LMDB key: such records
+    are neither mirrored nor looked up here, and reads of them go to the manager."""
+    k = struct.pack(">Q", aid) + key.encode()
+    return k if len(k) <= MAX_KEY else None
 
 
 class MemoryMirror:
@@ -45,7 +48,7 @@ class MemoryMirror:
     def changed(self, aid: int, key: str, rec: dict | None) -> None:
         """A keyed record became resident (rec) or stopped being (None)."""
         k = mirror_key(aid, key)
-        if len(k) > MAX_KEY:  # an LMDB key holds no more: such records are read from the manager
+        if k is None:
             return
         raw = protocol.pack(rec) if rec is not None else None
         self.pending[k] = raw if raw is None or len(raw) <= MAX_MIRRORED else None
@@ -79,7 +82,7 @@ class MirrorReader:
 
     def get(self, aid: int, key: str) -> Any | None:
         k = mirror_key(aid, key)
-        if len(k) > MAX_KEY:
+        if k is None:
             return None
         try:
             txn = self.env.begin(buffers=True)
