@@ -178,8 +178,9 @@ TABLE: tuple[Syscall, ...] = (
             "snapshot the caller's memory, context and files", group="storage"),
     Syscall("snapshot_restore", "storage", "agent", (Arg("snapshot", "str", required=True, max_len=64),),
             "roll the caller back to a snapshot", group="storage"),
-    Syscall("snapshot_list", "storage", "agent", (),
-            "the caller's agent snapshots, oldest first, with their sizes", group="storage"),
+    Syscall("snapshot_list", "storage", "agent", (Arg("owner", "str", max_len=64),),
+            "the caller's agent snapshots (or a granting owner's), oldest first, with their sizes",
+            target="owner", resource="storage:read", group="storage"),
     Syscall("snapshot_delete", "storage", "agent", (Arg("snapshot", "str", required=True, max_len=64),),
             "delete one of the caller's agent snapshots; its bytes leave the storage quota", group="storage"),
     Syscall("audit_query", "storage", "agent", (

@@ -245,9 +245,10 @@ def snapshot_restore(snapshot: str) -> Any:
     return _call("snapshot_restore", {"snapshot": snapshot})
 
 
-def snapshot_list() -> list:
-    """[{snapshot, label, time, aid, records, files, bytes}], oldest first."""
-    return _field(_call("snapshot_list", {}), "snapshots")
+def snapshot_list(*, owner: str | None = None) -> list:
+    """[{snapshot, label, time, aid, records, files, bytes}], oldest first: the caller's, or
+    those of an owner that granted it storage reads (root: any name's)."""
+    return _field(_call("snapshot_list", {"owner": owner}), "snapshots")
 
 
 def snapshot_delete(snapshot: str) -> Any:

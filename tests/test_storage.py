@@ -215,6 +215,16 @@ def test_agent_snapshots_are_listed_deleted_and_count_in_the_storage_quota(make_
     assert [(s["snapshot"], s["label"], s["files"], s["bytes"]) for s in listed] == [
         (first["snapshot"], "one", 1, first["bytes"]), (second["snapshot"], "two", 1, second["bytes"])]
     assert other.syscall("snapshot_list", {})["snapshots"] == []  # each name sees its own
+    assert code_of(other.syscall, "snapshot_list", {"owner": "snap-quota"}) == "EACCES"
+    assert d.root.syscall("snapshot_list", {"owner": "snap-quota"})["snapshots"] == listed
+    c.syscall("grant", {"grantee": "name:snap-other", "resource": "storage", "rights": "r"})
+    assert other.syscall("snapshot_list", {"owner": "snap-quota"})["snapshots"] == listed
+    out = d.run_cli("aios-sto", "snapshots", "snap-quota", "--json")
+    assert out.returncode == 0 and json.loads(out.stdout) == listed, out.stderr
+    table = d.run_cli("aios-sto", "snapshots", "snap-quota").stdout.splitlines()
+    assert table[0].split() == ["SNAPSHOT", "CREATED", "FILES", "RECORDS", "SIZE", "LABEL"]
+    assert [(ln.split()[0], ln.split()[-1]) for ln in table[1:]] == [(first["snapshot"], "one"),
+                                                                       (second["snapshot"], "two")]
     assert code_of(other.syscall, "snapshot_delete", {"snapshot": first["snapshot"]}) == "ENOENT"
     assert c.syscall("snapshot_delete", {"snapshot": first["snapshot"]})["bytes"] == first["bytes"]
     assert c.syscall("sto_usage", {})["namespaces"][0]["used"] == used + second["bytes"]

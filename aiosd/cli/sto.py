@@ -1,14 +1,15 @@
-"""aios-sto ls|cat|versions|du|backup|restore: look into an agent's storage as root (ls, cat
-and versions of the files that agent name keeps; du, the bytes each name keeps against its
-quota, as `docker system df` does for images; every look is a syscall, so it is audited like
-any other), and back storage.lmdb up while the daemon runs or restore it while it is stopped
-(aiosd/storage_backup.py; these two work on the files directly)."""
+"""aios-sto ls|cat|versions|snapshots|du|backup|restore: look into an agent's storage as root
+(ls, cat and versions of the files that agent name keeps, and its agent snapshots; du, the
+bytes each name keeps against its quota, as `docker system df` does for images; every look is
+a syscall, so it is audited like any other), and back storage.lmdb up while the daemon runs or
+restore it while it is stopped (aiosd/storage_backup.py; these two work on the files directly)."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
 
 from aiosd.cli.common import add_home, fmt_bytes, home_of, root_client, run_command
@@ -32,6 +33,9 @@ def execute(argv: list[str]) -> int:
     ver.add_argument("name")
     ver.add_argument("path")
     ver.add_argument("--json", action="store_true")
+    snaps = sub.add_parser("snapshots", help="the agent snapshots a name keeps, with their sizes")
+    snaps.add_argument("name")
+    snaps.add_argument("--json", action="store_true")
     du = sub.add_parser("du", help="bytes kept, quota and files of every agent name, or of one")
     du.add_argument("name", nargs="?", help="one agent name (default: every one that has written)")
     du.add_argument("--json", action="store_true")
@@ -52,6 +56,8 @@ def execute(argv: list[str]) -> int:
         return 0
     if args.cmd == "du":
         return disk_usage(client, args.name, args.json)
+    if args.cmd == "snapshots":
+        return snapshots(client, args.name, args.json)
     if args.cmd == "versions":
         rows = client.syscall("sto_versions", {"path": args.path, "owner": args.name})["versions"]
         if args.json:
@@ -102,6 +108,20 @@ def disk_usage(client, name: str | None, as_json: bool) -> int:
     for r in sorted(rows, key=lambda r: -r["used"]):
         pct = 100.0 * r["used"] / r["quota"] if r["quota"] else 0.0
         print(f"{fmt_bytes(r['used']):>9} {fmt_bytes(r['quota']):>9} {pct:>4.0f}% {r['files']:>6}  {r['name']}")
+    return 0
+
+
+def snapshots(client, name: str, as_json: bool) -> int:
+    rows = client.syscall("snapshot_list", {"owner": name})["snapshots"]
+    if as_json:
+        print(json.dumps(rows))
+        return 0
+    print(f"{'SNAPSHOT':<24} {'CREATED':<19} {'FILES':>5} {'RECORDS':>7} {'SIZE':>9}  LABEL")
+    for r in rows:
+        made = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r["time"] or 0))
+        files = "-" if r["files"] is None else r["files"]
+        records = "-" if r["records"] is None else r["records"]
+        print(f"{r['snapshot']:<24} {made:<19} {files:>5} {records:>7} {fmt_bytes(r['bytes']):>9}  {r['label']}")
     return 0
 
 
