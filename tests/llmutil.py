@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,11 +17,21 @@ def snapshot_midway(home: Path, aid: int, start: Callable[[], dict]) -> tuple[di
     """(the snapshot, the reply of the generation it cut short): `start` runs the agent's
     llm_chat in a thread while a second connection of the same agent calls gen_snapshot until
     the request is in. Skips the test if the generation ended before it could be caught."""
+    snap, reply = try_snapshot_midway(home, aid, start)
+    if snap is None:
+        pytest.skip("the generation finished before it could be snapshotted")
+    return snap, reply
+
+
+def try_snapshot_midway(home: Path, aid: int, start: Callable[[], dict],
+                        delay: float = 0.0) -> tuple[dict | None, dict]:
+    """snapshot_midway's attempt, first snapshot `delay` s after the start; None if it missed."""
     twin = Client(home)
     twin.syscall("set_aid", {"aid": aid})
     box: dict = {}
     t = threading.Thread(target=lambda: box.update(r=start()))
     t.start()
+    time.sleep(delay)
     snap = None
     try:
         while snap is None and t.is_alive():
@@ -31,8 +42,6 @@ def snapshot_midway(home: Path, aid: int, start: Callable[[], dict]) -> tuple[di
         t.join()
     finally:
         twin.close()
-    if snap is None:
-        pytest.skip("the generation finished before it could be snapshotted")
     return snap, box["r"]
 
 

@@ -7,7 +7,6 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import threading
 import time
 
 import lmdb
@@ -17,7 +16,7 @@ from conftest import Daemon
 from procutil import proc_state, wait_for
 
 from aiosd import kv_shm
-from libaios.client import AiosError, Client
+from libaios.client import AiosError
 
 # Nothing in the snapshot store is timed (snapshots leave memory by the LRU budget, the agent's
 # exit or a worker restart only), so a few seconds stopped shows what a minute would; set
@@ -168,21 +167,7 @@ def raw_keys(d, db: bytes) -> list[bytes]:
 def snapshot_prefilled(d, aid: int, cl, content: str) -> dict:
     """A snapshot of a generation taken once its prompt is in the cache (one with K/V bytes)."""
     for delay in (0.2, 0.5, 1.0):
-        twin = Client(d.home)
-        twin.syscall("set_aid", {"aid": aid})
-        t = threading.Thread(target=chat, args=(cl, content), kwargs={"max_tokens": 200})
-        t.start()
-        time.sleep(delay)
-        snap = None
-        try:
-            while snap is None and t.is_alive():
-                try:
-                    snap = twin.syscall("gen_snapshot", {}, timeout=60)
-                except AiosError as e:
-                    assert e.code == "ENOENT"  # not submitted yet
-            t.join()
-        finally:
-            twin.close()
+        snap, _ = llmutil.try_snapshot_midway(d.home, aid, lambda: chat(cl, content, max_tokens=200), delay)
         if snap is not None and snap["bytes"] > 0:
             return snap
     pytest.skip("no generation could be caught after its prefill")
