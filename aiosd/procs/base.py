@@ -144,6 +144,18 @@ class Manager:
                     raise AiosError.from_wire(msg.get("error"))
                 self._stash.append(msg)
 
+    def drop_left_over(self, db: str, prefix: bytes, what: str) -> None:
+        """Delete what an earlier process of this manager kept in storage's `db` under `prefix`:
+        a restarted manager starts empty, so it is out of everyone's reach, and after a crash it
+        would stay on disk for good. Called before serving, so nothing of ours is dropped."""
+        try:
+            n = self.call("_sto_drop", {"db": db, "prefix": prefix}, timeout=5.0)["deleted"]
+        except AiosError as exc:
+            log.warning("%s: %s left before this start not dropped: %s", self.name, what, exc)
+            return
+        if n:
+            log.info("%s: dropped %d %s left before this start", self.name, n, what)
+
     # the loop
     def dispatch(self, msg: dict) -> None:
         req = Request(msg.get("id"), msg.get("call", ""), msg.get("args") or {}, int(msg.get("aid", 0)),

@@ -87,15 +87,7 @@ class LlmManager(ContextCalls, RemoteChat, Manager):
         warm.run_all()
 
     def setup_background(self) -> None:
-        # A restarted worker starts with no snapshots, so what its predecessor spilled is out
-        # of everyone's reach (megabytes each); dropped before serving, as memory drops swaps.
-        try:
-            n = self.call("_sto_drop", {"db": "snapshots", "prefix": KV_PREFIX}, timeout=5.0)["deleted"]
-        except AiosError as exc:
-            log.warning("llm: snapshots spilled before this start not dropped: %s", exc)
-            return
-        if n:
-            log.info("llm: dropped %d snapshots an earlier worker spilled to storage", n)
+        self.drop_left_over("snapshots", KV_PREFIX, "spilled K/V snapshots")  # megabytes each
 
     # helpers: spilled snapshots in storage, under KV_PREFIX
     def _spill(self, sid: str, blob: bytes) -> None:

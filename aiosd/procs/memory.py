@@ -47,16 +47,7 @@ class MemoryManager(Manager):
 
     def setup_background(self) -> None:
         self.embedder.start()  # ~seconds; requests are served meanwhile, searches wait
-        # Records an earlier memory manager swapped out are out of every store's reach now (a
-        # restarted manager starts empty): without this they would stay on disk for good after
-        # a crash. Done before serving anything, so no record of this manager's is dropped.
-        try:
-            n = self.call("_sto_drop", {"db": "history", "prefix": SWAP_PREFIX}, timeout=5.0)["deleted"]
-        except AiosError as exc:
-            log.warning("memory: records swapped out before this start not dropped: %s", exc)
-            return
-        if n:
-            log.info("memory: dropped %d records swapped out before this start", n)
+        self.drop_left_over("history", SWAP_PREFIX, "swapped-out records")
 
     # ---- plumbing -----------------------------------------------------------------------
     def own(self, req: Request) -> AgentMemory:
