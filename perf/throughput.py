@@ -1,11 +1,11 @@
 """LLM throughput of the transformers engine through the whole system vs raw HF generate, one run.
 
-    python perf/throughput.py [--quick] [--tokens 48] [--ns 1,4,8,16,32] [--threads T]
+    python perf/throughput.py [--quick] [--tokens 48] [--ns 1,4,8,16,32] [--threads T] [--device D]
 
 Rows (greedy, `--tokens` new tokens per request, same model weights and prompts):
 - tok_s: N agents' concurrent llm_chat through the daemon (`--engine transformers`);
 - raw_tok_s: transformers `model.generate` on the same safetensors, the N prompts batched
-  (left padding), in this process;
+  (left padding), in this process, on the daemon's device (`--device`: auto, cpu or cuda);
 - one_at_a_time_tok_s: the same `generate`, the N prompts one after another.
 Targets (issue 4): N=32 tok_s >= 0.8x raw and >= 5x one-at-a-time; N=1 within 10% of raw;
 p99 queue wait at N=32 <= 2 s. Writes perf/results/throughput.{json,png} and a markdown table.
@@ -30,11 +30,13 @@ SCRIPT = "throughput"
 
 def hf_generate(model, tok, prompts: list[str], tokens: int) -> dict:
     import torch
-    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False)
+    enc = tok(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
     t0 = time.perf_counter()
     with torch.inference_mode():
         out = model.generate(**enc, max_new_tokens=tokens, min_new_tokens=tokens, do_sample=False,
                              pad_token_id=tok.pad_token_id)
+    if out.is_cuda:
+        torch.cuda.synchronize()
     wall = time.perf_counter() - t0
     n = (out.shape[1] - enc["input_ids"].shape[1]) * len(prompts)
     return {"tokens": n, "wall_s": wall, "tok_s": n / wall}
@@ -45,6 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         (("--tokens",), {"type": int, "default": None}),
         (("--threads",), {"type": int, "default": 0}),
         (("--ns",), {"default": None}),
+        (("--device",), {"default": "auto", "choices": ["auto", "cpu", "cuda"]}),
     ])
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -53,11 +56,15 @@ def main(argv: list[str] | None = None) -> int:
     threads = args.threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
     model_dir = resolve(Config())
-    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval()
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {threads} threads"
+    model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval().to(device)
     tok = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
     texts = [tok.apply_chat_template(messages(i), add_generation_prompt=True, tokenize=False) for i in range(max(ns))]
     rows = []
-    with Daemon(engine="transformers", max_batch=max(ns), torch_threads=threads) as d:
+    # llm_chat goes kernel -> llm worker; storage takes its spilled snapshots (none here)
+    with Daemon(engine="transformers", device=device, managers=["storage", "llm"], max_batch=max(ns),
+                torch_threads=threads) as d:
         through_daemon(d, 1, 4)  # warm-up
         hf_generate(model, tok, texts[:1], 4)
         for n in ns:
@@ -73,11 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     print(markdown_table(["N", "aiosd tok/s", "raw batched generate", "generate one at a time", "aiosd/raw",
                           "aiosd/one-at-a-time", "queue p50 s", "queue p99 s", "latency p50 s", "latency p99 s"],
                          table))
-    write_json(SCRIPT, {"engine": "transformers", "tokens": tokens, "threads": threads, "rows": rows})
+    write_json(SCRIPT, {"engine": "transformers", "device": device, "hardware": hardware, "tokens": tokens,
+                        "threads": threads, "rows": rows})
     plot_bars(SCRIPT, [f"N={r['n']}" for r in rows],
               {"aiosd": [r["tok_s"] for r in rows], "raw batched generate": [r["raw_tok_s"] for r in rows],
                "generate one at a time": [r["one_at_a_time_tok_s"] for r in rows]},
-              "tokens/s", f"transformers engine, {tokens} new tokens, {threads} threads")
+              "tokens/s", f"transformers engine, {tokens} new tokens, {hardware}")
     return 0
 
 
