@@ -76,9 +76,12 @@ def _convert_gguf(src: Path, dest: Path) -> None:
     try:
         model = _load_gguf_model(src)
         tok = AutoTokenizer.from_pretrained(str(src.parent), gguf_file=src.name)
-        # the weights are dequantised on load; save_pretrained refuses the quantised flag
+        # the weights are dequantised on load; save_pretrained refuses the quantised flag, and
+        # (through from_pretrained, with accelerate installed) the GGUF quantizer it attached
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
+        if getattr(model, "hf_quantizer", None) is not None:
+            model.hf_quantizer = None
         model.save_pretrained(str(tmp), safe_serialization=True)
         tok.save_pretrained(str(tmp))
         if dest.exists():
