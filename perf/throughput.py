@@ -60,6 +60,8 @@ def main(argv: list[str] | None = None) -> int:
     hardware = torch.cuda.get_device_name(0) if device == "cuda" else f"CPU, {threads} threads"
     model = AutoModelForCausalLM.from_pretrained(str(model_dir)).eval().to(device)
     tok = AutoTokenizer.from_pretrained(str(model_dir), padding_side="left")
+    if tok.pad_token is None:  # some transformers versions convert the GGUF's tokenizer without one
+        tok.pad_token = tok.eos_token
     texts = [tok.apply_chat_template(messages(i), add_generation_prompt=True, tokenize=False) for i in range(max(ns))]
     rows = []
     # llm_chat goes kernel -> llm worker; storage takes its spilled snapshots (none here)
