@@ -19,7 +19,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check .
 
 perf: $(STAMP)
-	for s in perf/syscall_latency.py perf/kernel_path.py perf/storage.py perf/tools.py perf/throughput.py perf/context_switch.py \
+	for s in perf/syscall_latency.py perf/kernel_path.py perf/storage.py perf/tools.py perf/throughput.py perf/solo_vs_batched.py perf/context_switch.py \
 	         perf/table4_consistency.py perf/table5_scheduling.py; do $(BIN)/python $$s --quick || exit 1; done
 
 venv: $(STAMP)
