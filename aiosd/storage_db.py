@@ -36,7 +36,13 @@ from aiosd.storage_snaps import AgentSnapshotTable
 # wire's checks (protocol.unpack), which cost more than the decoding on every write and read
 
 
-def _too_big(exc: lmdb.BadValsizeError) -> AiosError:
+# what fails one op alone, not its batch: our errors, and a key or value too big for LMDB
+_OP_ERRORS = (AiosError, lmdb.BadValsizeError)
+
+
+def _op_error(exc: Exception) -> AiosError:
+    if isinstance(exc, AiosError):
+        return exc
     return AiosError("EINVAL", f"a key or value is too big for storage ({exc})")
 
 
@@ -171,21 +177,16 @@ class StorageDB(StorageReader, RawTables, AgentSnapshotTable):
                     if getattr(op, "fails_before_writing", False):
                         try:  # its errors come before its first change: no nested transaction needed
                             results.append(op(txn))
-                        except AiosError as exc:
-                            results.append(exc)
-                        except lmdb.BadValsizeError as exc:
-                            results.append(_too_big(exc))
+                        except _OP_ERRORS as exc:
+                            results.append(_op_error(exc))
                         continue
                     child = self.env.begin(write=True, parent=txn)
                     try:
                         results.append(op(child))
                         child.commit()
-                    except AiosError as exc:
+                    except _OP_ERRORS as exc:
                         child.abort()
-                        results.append(exc)
-                    except lmdb.BadValsizeError as exc:  # one op's oversized key fails that op alone
-                        child.abort()
-                        results.append(_too_big(exc))
+                        results.append(_op_error(exc))
                 if self.blobs.backlog > GC_BACKLOG:  # a writer that never pauses: collect as we go
                     self.blobs.collect(txn, 2 * len(ops) + 16)
                 txn.commit()

@@ -19,14 +19,14 @@ import msgpack
 
 from aiosd import protocol
 from aiosd.errors import AiosError
-from aiosd.storage_paths import MAX_KEY
+from aiosd.storage_paths import MAX_KEY, SEP
 
 HEAD_BYTES = 4096  # more than a header needs: the label is at most 256 characters
 BODY = frozenset({"memory", "context", "files"})
 
 
 def snap_key(ns: str, sid: str) -> bytes:
-    key = ns.encode() + b"\0" + sid.encode()
+    key = ns.encode() + SEP + sid.encode()
     if len(key) > MAX_KEY:  # no snapshot has such a name (ours are "snap-" and 16 hex digits)
         raise AiosError("ENOENT", f"no snapshot {sid[:40]!r} of '{ns}'")
     return key
@@ -87,7 +87,7 @@ class AgentSnapshotTable:
 
     def snapshot_list(self, ns: str) -> list[dict]:
         """The namespace's snapshots, oldest first: header fields and size in bytes."""
-        prefix, out = ns.encode() + b"\0", []
+        prefix, out = ns.encode() + SEP, []
         with self.env.begin(buffers=True) as txn:
             cur = txn.cursor(self.db["agent_snaps"])
             if cur.set_range(prefix):
