@@ -13,46 +13,26 @@ perf/results/solo_vs_batched.{json,png} and a markdown table.
 from __future__ import annotations
 
 import sys
-import threading
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from perf._harness import Daemon, markdown_table, parse_args, plot_bars, write_json  # noqa: E402
-from perf.throughput_llamacpp import messages  # noqa: E402
+from perf.throughput_llamacpp import through_daemon  # noqa: E402
 
 SCRIPT = "solo_vs_batched"
 
 
-def chat(client, i: int, tokens: int) -> str:
-    return client.syscall("llm_chat", {"messages": messages(i), "max_tokens": tokens, "temperature": 0.0},
-                          timeout=600)["text"]
-
-
 def one_policy(policy: str, n: int, tokens: int, device: str) -> dict:
-    import libaios
     with Daemon(engine="transformers", device=device, managers=["storage", "llm"], scheduler=policy,
                 quantum=4, max_batch=n) as d:
-        clients = [libaios.connect(home=str(d.home)) for _ in range(n)]
-        chat(clients[0], 0, 4)  # warm-up
-        t0 = time.perf_counter()
-        solo = [chat(clients[0], i, tokens) for i in range(n)]
-        solo_s = time.perf_counter() - t0
-        batched: list = [None] * n
-        threads = [threading.Thread(target=lambda i=i: batched.__setitem__(i, chat(clients[i], i, tokens)))
-                   for i in range(n)]
-        t0 = time.perf_counter()
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        batched_s = time.perf_counter() - t0
-        for c in clients:
-            c.close()
-    return {"identical": sum(a == b for a, b in zip(solo, batched, strict=True)), "of": n, "solo_s": round(solo_s, 3),
-            "concurrent_s": round(batched_s, 3),
-            "diff": [(i, solo[i], batched[i]) for i in range(n) if solo[i] != batched[i]][:3]}
+        through_daemon(d, 1, 4)  # warm-up
+        solo = [through_daemon(d, 1, tokens, first=i, texts=True) for i in range(n)]
+        batched = through_daemon(d, n, tokens, texts=True)
+    solo_texts = [r["texts"][0] for r in solo]
+    diff = [(i, a, b) for i, (a, b) in enumerate(zip(solo_texts, batched["texts"], strict=True)) if a != b]
+    return {"identical": n - len(diff), "of": n, "solo_s": round(sum(r["wall_s"] for r in solo), 3),
+            "concurrent_s": round(batched["wall_s"], 3), "diff": diff[:3]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -126,7 +126,9 @@ def engine_inprocess(n: int, tokens: int, threads: int) -> dict:
     return {"tokens": out, "wall_s": wall, "tok_s": out / wall}
 
 
-def through_daemon(d: Daemon, n: int, tokens: int, first: int = 0) -> dict:
+def through_daemon(d: Daemon, n: int, tokens: int, first: int = 0, texts: bool = False) -> dict:
+    """N agents' greedy llm_chat at once, prompts first..first+n-1: tokens/s, queue waits,
+    latencies (and, with `texts`, each reply's text, in prompt order)."""
     import libaios
     clients = [libaios.connect(home=str(d.home)) for _ in range(n)]
     results: list = [None] * n
@@ -152,7 +154,8 @@ def through_daemon(d: Daemon, n: int, tokens: int, first: int = 0) -> dict:
     lat = [r["timings"]["total_s"] for r in results]
     return {"tokens": out, "wall_s": wall, "tok_s": out / wall,
             "queue_wait_p50_s": percentile(waits, 50), "queue_wait_p99_s": percentile(waits, 99),
-            "latency_p50_s": percentile(lat, 50), "latency_p99_s": percentile(lat, 99)}
+            "latency_p50_s": percentile(lat, 50), "latency_p99_s": percentile(lat, 99),
+            **({"texts": [r["text"] for r in results]} if texts else {})}
 
 
 def main(argv: list[str] | None = None) -> int:
